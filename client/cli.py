@@ -1,0 +1,168 @@
+"""The ``atlantic`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from atlantic import __version__
+
+app = typer.Typer(
+    name="atlantic",
+    help=(
+        "Route this whole machine through an upstream proxy (or directly), over warm, "
+        "shared connections, without leaks.\n\n"
+        "Start with `sudo atlantic up --upstream http://user:pass@gateway:port`, check with "
+        "`atlantic status`, stop with `sudo atlantic down`. Settings live in "
+        "/etc/atlantic/atlantic.toml (see `atlantic config check`)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Check the configuration file.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[
+    Optional[str],
+    typer.Option("--config", "-c", help="Config file (default: $ATLANTIC_CONFIG or /etc/atlantic/atlantic.toml)."),
+]
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print one clear line to stderr and exit non-zero."""
+    typer.echo(f"atlantic: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        fail(f"`atlantic {what}` changes the machine's routing and needs root: run `sudo atlantic {what}`")
+
+
+def _load(config: str | None, upstream: str | None = None):
+    from atlantic.client.config import ConfigError, load_config
+    from atlantic.forwarder.upstream import parse_upstream
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc))
+    if upstream is not None:
+        try:
+            parse_upstream(upstream)
+        except ValueError as exc:
+            fail(f"--upstream: {exc}")
+        cfg = cfg.with_upstream(upstream)
+    return cfg
+
+
+@app.command()
+def up(
+    upstream: Annotated[Optional[str], typer.Option(
+        "--upstream", "-u",
+        help="`direct`, or the proxy URL http://user:pass@host:port (overrides the config file).",
+    )] = None,
+    foreground: Annotated[bool, typer.Option(
+        "--foreground", help="Run the daemon in this process (as systemd does) instead of in the background.",
+    )] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Capture every TCP connection of this machine and send it through the upstream."""
+    _require_root("up")
+    cfg = _load(config, upstream)
+    from atlantic.client import lifecycle
+
+    try:
+        if foreground:
+            lifecycle.run_foreground(cfg)
+        else:
+            info = lifecycle.start_background(cfg, config)
+            typer.echo(f"Atlantic is up (pid {info['pid']}): every TCP flow goes to {info['upstream']} via {info['tun']}.")
+    except lifecycle.LifecycleError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def down(config: ConfigOpt = None) -> None:
+    """Stop Atlantic and put routing back exactly as it was (safe to run twice, or after a crash)."""
+    _require_root("down")
+    cfg = _load(config)
+    from atlantic.client import lifecycle
+
+    try:
+        message = lifecycle.stop(cfg)
+    except lifecycle.LifecycleError as exc:
+        fail(str(exc))
+    typer.echo(message)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show whether Atlantic is up, where traffic goes, and its counters."""
+    cfg = _load(config)
+    from atlantic.client import lifecycle
+
+    report = lifecycle.status(cfg)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        from atlantic.client.report import print_status
+
+        print_status(report)
+    if report.get("state") != "up" and report.get("problem"):
+        raise typer.Exit(3)
+
+
+@app.command()
+def version() -> None:
+    """Print Atlantic's version."""
+    typer.echo(f"atlantic {__version__}")
+
+
+@config_app.command("check")
+def config_check(
+    path: Annotated[Optional[Path], typer.Argument(help="File to check (default: the one `atlantic up` would read).")] = None,
+) -> None:
+    """Validate a config file: every problem is printed as one line with the key and what is expected."""
+    from atlantic.client.config import check_config_file, config_path
+
+    file, must_exist = config_path(path)
+    cfg, problems = check_config_file(file, must_exist)
+    for problem in problems:
+        typer.echo(f"{file}: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    where = file if cfg.source != "defaults" else f"{file} (absent: defaults apply)"
+    typer.echo(f"{where}: OK (upstream {_redacted(cfg.upstream.url)}, device {cfg.tun.name}, MTU {cfg.tun.mtu})")
+
+
+def _redacted(url: str) -> str:
+    from atlantic.forwarder.upstream import parse_upstream
+
+    return parse_upstream(url).redacted()
+
+
+def _add_lab() -> None:
+    from atlantic.lab.cli import lab_app
+
+    app.add_typer(lab_app, name="lab", help="The network-namespace test lab: client, router (delay), Squid + nghttpx, nginx origin.")
+
+
+_add_lab()
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,306 @@
+"""Atlantic's configuration: a TOML file, typed and validated on load.
+
+The file is ``/etc/atlantic/atlantic.toml`` unless ``--config`` or ``ATLANTIC_CONFIG``
+names another. Every key has a default, so no file at the default path means "direct
+upstream, default device and routing". Command-line flags override the file.
+
+Validation collects every problem (key + what is expected) instead of stopping at the
+first, so ``atlantic config check`` can print them all. The proxy password may live in a
+separate file that must not be world-readable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/atlantic/atlantic.toml")
+CONFIG_ENV = "ATLANTIC_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with a config: where (``key``) and what is expected."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists every reason."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]):
+        self.source = source
+        self.problems = problems
+        first = problems[0] if problems else "invalid"
+        more = f" (and {len(problems) - 1} more; run `atlantic config check`)" if len(problems) > 1 else ""
+        super().__init__(f"{source}: {first}{more}")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """Where flows go: ``direct`` or a proxy URL (the password never printed)."""
+
+    url: str = "direct"
+    password_file: Path | None = None
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class TunConfig:
+    """The capture device: name, its /30 from 198.18.0.0/15, MTU and GSO offload."""
+
+    name: str = "atl0"
+    address: str = "198.18.0.1/30"
+    mtu: int = 65520
+    offload: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """Policy routing as wg-quick does it: marked daemon sockets use main, the rest ``table``."""
+
+    table: int = 2026
+    fwmark: int = 0x2026
+    rule_priority: int = 32000
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Daemon behaviour: state directory, logging and flow timeouts."""
+
+    state_dir: Path = Path("/run/atlantic")
+    log_level: str = "info"
+    idle_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole, validated configuration."""
+
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    tun: TunConfig = field(default_factory=TunConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    source: str = "defaults"
+
+    def with_upstream(self, url: str) -> Config:
+        """This config with the upstream URL replaced (a command-line override)."""
+        return replace(self, upstream=replace(self.upstream, url=url))
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _section(raw: dict[str, Any], name: str, problems: list[ConfigProblem]) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        problems.append(ConfigProblem(name, "expected a table ([" + name + "])"))
+        return {}
+    return value
+
+
+class _Reader:
+    """Reads typed values from one TOML table, recording a problem for each bad one."""
+
+    def __init__(self, table: dict[str, Any], prefix: str, problems: list[ConfigProblem]):
+        self.table = table
+        self.prefix = prefix
+        self.problems = problems
+        self.known: set[str] = set()
+
+    def _bad(self, key: str, message: str) -> None:
+        self.problems.append(ConfigProblem(f"{self.prefix}.{key}", message))
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any, expect: str) -> Any:
+        self.known.add(key)
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        # bool is an int in Python; a number field must not accept `true`.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            self._bad(key, f"expected {expect}, got {value!r}")
+            return default
+        if not isinstance(value, kind):
+            self._bad(key, f"expected {expect}, got {value!r}")
+            return default
+        return value
+
+    def number(self, key: str, default: float, lo: float, hi: float, *, integer: bool = False) -> Any:
+        kind = int if integer else (int, float)
+        what = "an integer" if integer else "a number"
+        value = self.get(key, kind, default, f"{what} from {lo:g} to {hi:g}")
+        if not lo <= value <= hi:
+            self._bad(key, f"expected {what} from {lo:g} to {hi:g}, got {value!r}")
+            return default
+        return value
+
+    def unknown_keys(self) -> None:
+        for key in sorted(set(self.table) - self.known):
+            self._bad(key, "unknown key (check the spelling; see `atlantic config check --help`)")
+
+
+def _read_upstream(table: dict[str, Any], problems: list[ConfigProblem]) -> UpstreamConfig:
+    from atlantic.forwarder.upstream import parse_upstream
+
+    r = _Reader(table, "upstream", problems)
+    url = r.get("url", str, "direct", "a URL: direct, http://user@host:port or https://user@host:port")
+    pw = r.get("password_file", str, None, "a path to a file holding the proxy password")
+    timeout = r.number("connect_timeout_s", 10.0, 0.1, 120)
+    r.unknown_keys()
+    try:
+        parse_upstream(url)
+    except ValueError as exc:
+        problems.append(ConfigProblem("upstream.url", str(exc)))
+        url = "direct"
+    return UpstreamConfig(url=url, password_file=Path(pw) if pw else None, connect_timeout_s=float(timeout))
+
+
+def _read_tun(table: dict[str, Any], problems: list[ConfigProblem]) -> TunConfig:
+    r = _Reader(table, "tun", problems)
+    name = r.get("name", str, "atl0", "an interface name of 1-15 characters")
+    if not (1 <= len(name) <= 15) or any(c in name for c in " /:\t\n"):
+        problems.append(ConfigProblem("tun.name", f"expected an interface name of 1-15 characters without spaces, '/' or ':', got {name!r}"))
+        name = "atl0"
+    address = r.get("address", str, "198.18.0.1/30", "an IPv4 interface address with prefix, e.g. 198.18.0.1/30")
+    try:
+        iface = ipaddress.IPv4Interface(address)
+        if iface.network.prefixlen > 30:
+            raise ValueError("the prefix must leave room for two hosts (/30 or shorter)")
+        if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
+            raise ValueError("the address must be a host address of its network")
+    except ValueError as exc:
+        problems.append(ConfigProblem("tun.address", f"expected an IPv4 address with prefix such as 198.18.0.1/30 ({exc})"))
+        address = "198.18.0.1/30"
+    mtu = r.number("mtu", 65520, 1280, 65535, integer=True)
+    offload = r.get("offload", bool, True, "true or false")
+    r.unknown_keys()
+    return TunConfig(name=name, address=address, mtu=mtu, offload=offload)
+
+
+def _read_routing(table: dict[str, Any], problems: list[ConfigProblem]) -> RoutingConfig:
+    r = _Reader(table, "routing", problems)
+    tid = r.number("table", 2026, 1, 2**31 - 1, integer=True)
+    if tid in (253, 254, 255):
+        problems.append(ConfigProblem("routing.table", f"expected a table id other than the kernel's own (253 default, 254 main, 255 local), got {tid}"))
+        tid = 2026
+    mark = r.number("fwmark", 0x2026, 1, 2**32 - 1, integer=True)
+    prio = r.number("rule_priority", 32000, 2, 32765, integer=True)
+    r.unknown_keys()
+    return RoutingConfig(table=tid, fwmark=mark, rule_priority=prio)
+
+
+def _read_daemon(table: dict[str, Any], problems: list[ConfigProblem]) -> DaemonConfig:
+    r = _Reader(table, "daemon", problems)
+    state_dir = r.get("state_dir", str, "/run/atlantic", "an absolute directory path")
+    if not state_dir.startswith("/"):
+        problems.append(ConfigProblem("daemon.state_dir", f"expected an absolute directory path, got {state_dir!r}"))
+        state_dir = "/run/atlantic"
+    level = r.get("log_level", str, "info", "one of " + ", ".join(_LOG_LEVELS))
+    if level not in _LOG_LEVELS:
+        problems.append(ConfigProblem("daemon.log_level", f"expected one of {', '.join(_LOG_LEVELS)}, got {level!r}"))
+        level = "info"
+    idle = r.number("idle_timeout_s", 300.0, 1, 86400)
+    r.unknown_keys()
+    return DaemonConfig(state_dir=Path(state_dir), log_level=level, idle_timeout_s=float(idle))
+
+
+def parse_config(text: str, source: str = "<config>") -> tuple[Config, list[ConfigProblem]]:
+    """Parse TOML text into a Config and the list of every problem found (pure)."""
+    problems: list[ConfigProblem] = []
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return Config(source=source), [ConfigProblem("(file)", f"not valid TOML: {exc}")]
+    sections = {"upstream", "tun", "routing", "daemon"}
+    for key in sorted(set(raw) - sections):
+        problems.append(ConfigProblem(key, "unknown section or key (expected one of: " + ", ".join(sorted(sections)) + ")"))
+    cfg = Config(
+        upstream=_read_upstream(_section(raw, "upstream", problems), problems),
+        tun=_read_tun(_section(raw, "tun", problems), problems),
+        routing=_read_routing(_section(raw, "routing", problems), problems),
+        daemon=_read_daemon(_section(raw, "daemon", problems), problems),
+        source=source,
+    )
+    return cfg, problems
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:
+    """Which file to read, and whether the user named it (then it must exist)."""
+    if explicit:
+        return Path(explicit), True
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env), True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def check_config_file(path: Path, must_exist: bool) -> tuple[Config, list[ConfigProblem]]:
+    """Read and validate one file, including the password file it names."""
+    if not path.exists():
+        if must_exist:
+            return Config(source=str(path)), [ConfigProblem("(file)", f"{path} does not exist")]
+        return Config(source="defaults"), []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return Config(source=str(path)), [ConfigProblem("(file)", f"cannot read {path}: {exc}")]
+    cfg, problems = parse_config(text, str(path))
+    if cfg.upstream.password_file is not None:
+        try:
+            read_password_file(cfg.upstream.password_file)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return cfg, problems
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config from the usual places; raise ConfigError listing every problem."""
+    path, must_exist = config_path(explicit)
+    cfg, problems = check_config_file(path, must_exist)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return cfg
+
+
+def read_password_file(path: Path) -> str:
+    """The proxy password from ``path``; refuses a file anyone on the machine can read."""
+    key = "upstream.password_file"
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(str(path), [ConfigProblem(key, f"cannot read {path}: {exc.strerror}")]) from None
+    if st.st_mode & stat.S_IROTH:
+        raise ConfigError(str(path), [ConfigProblem(
+            key, f"{path} is world-readable; run `chmod 600 {path}` so only its owner can read the password")])
+    try:
+        password = path.read_text(encoding="utf-8").strip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [ConfigProblem(key, f"cannot read {path}: {exc}")]) from None
+    if not password:
+        raise ConfigError(str(path), [ConfigProblem(key, f"{path} is empty; it should hold the proxy password")])
+    return password
+
+
+def upstream_url_with_secret(cfg: Config) -> str:
+    """The upstream URL with the password from ``password_file`` filled in, if one is set."""
+    url = cfg.upstream.url
+    if cfg.upstream.password_file is None or url == "direct":
+        return url
+    from urllib.parse import quote
+
+    password = read_password_file(cfg.upstream.password_file)
+    scheme, rest = url.split("://", 1)
+    userinfo, _, hostport = rest.rpartition("@")
+    if not userinfo:
+        raise ConfigError(cfg.source, [ConfigProblem("upstream.url", "a password_file is set but the URL has no user (expected scheme://user@host:port)")])
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:{quote(password, safe='')}@{hostport}"

@@ -1,0 +1,52 @@
+"""Human-readable ``atlantic status``: a small table, the counters that matter first."""
+
+from __future__ import annotations
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
+
+
+def status_rows(report: dict) -> list[tuple[str, str]]:
+    """The (label, value) rows shown for a status report (pure, for tests)."""
+    rows = [("state", str(report.get("state", "down")))]
+    if report.get("problem"):
+        rows.append(("problem", report["problem"]))
+    if report.get("state") != "up":
+        return rows
+    rows += [
+        ("pid", str(report.get("pid"))),
+        ("upstream", str(report.get("upstream"))),
+        ("device", f"{report.get('tun')} (MTU {report.get('mtu')}, offload {'on' if report.get('offload') else 'off'})"),
+        ("uptime", _duration(report.get("uptime_s", 0))),
+        ("flows", f"{report.get('flows_open', 0)} open, {report.get('flows_total', 0)} total, {report.get('flows_failed', 0)} failed"),
+        ("traffic", f"{_size(report.get('bytes_up', 0))} up, {_size(report.get('bytes_down', 0))} down"),
+    ]
+    err = report.get("last_error")
+    if err:
+        rows.append(("last error", f"{err.get('message')} ({err.get('count', 1)}x, {err.get('age_s', 0):.0f} s ago)"))
+    return rows
+
+
+def print_status(report: dict) -> None:
+    """Print the status report as a two-column table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in status_rows(report):
+        table.add_row(label, value)
+    Console().print(table)

@@ -1,0 +1,163 @@
+"""The listener side of the forwarder: accept captured flows and send each through a tunnel.
+
+The system stack hands every captured TCP flow to one listening socket; the peer port
+of an accepted connection is the NAT port, and ``lookup(port)`` says where the
+application was going. Each flow becomes a tunnel (``direct`` or HTTP CONNECT) relayed
+both ways. A flow that cannot be carried (no NAT entry, proxy refusal, dead proxy) is
+reset at once, so the application fails fast; the reason is logged once per kind of
+failure (not per flow) and shown in ``status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from atlantic.forwarder.errors import UpstreamError
+from atlantic.forwarder.relay import RelayCounters, relay
+from atlantic.forwarder.tunnel import open_tunnel
+from atlantic.forwarder.upstream import Upstream
+
+log = logging.getLogger("atlantic.forwarder")
+
+Lookup = Callable[[int], "tuple[tuple[str, int], tuple[str, int]] | None"]
+ERROR_LOG_INTERVAL_S = 60.0
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+@dataclass(slots=True)
+class ErrorNote:
+    """How often one kind of failure happened, and when it was last logged."""
+
+    message: str
+    count: int
+    first: float
+    last: float
+    logged: float
+
+
+def reset(sock: socket.socket) -> None:
+    """Close ``sock`` with an RST (SO_LINGER 0): the application sees the flow refused."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError:
+        pass
+    sock.close()
+
+
+class Dispatcher:
+    """Accepts captured flows, tunnels each to the upstream, keeps the flow counters."""
+
+    def __init__(self, upstream: Upstream, lookup: Lookup, *, mark: int | None,
+                 connect_timeout: float, idle_timeout: float):
+        self.upstream = upstream
+        self.lookup = lookup
+        self.mark = mark
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.relay_counters = RelayCounters()
+        self.flows_total = self.flows_failed = 0
+        self.errors: dict[str, ErrorNote] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._accept_task: asyncio.Task | None = None
+
+    @property
+    def flows_open(self) -> int:
+        return len(self._tasks)
+
+    async def serve(self, listener: socket.socket) -> Dispatcher:
+        """Start accepting on ``listener`` (non-blocking, listening); returns self as the server."""
+        self._accept_task = asyncio.create_task(self._accept_loop(listener), name="accept")
+        return self
+
+    def close(self) -> None:
+        """Stop accepting new flows (open ones continue until ``aclose``)."""
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+
+    async def aclose(self, timeout: float) -> None:
+        """Stop accepting, give open flows ``timeout`` seconds, then cut them."""
+        self.close()
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:  # EMFILE and friends: say so, back off, keep serving
+                self.note_error(f"accept failed: {exc.strerror or exc}")
+                await asyncio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            task = asyncio.create_task(self._flow(sock, peer[1]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flow(self, sock: socket.socket, nat_port: int) -> None:
+        self.flows_total += 1
+        flow = self.lookup(nat_port)
+        if flow is None:
+            self.flows_failed += 1
+            self.note_error(f"no NAT entry for listener peer port {nat_port}")
+            reset(sock)
+            return
+        _src, (host, port) = flow
+        try:
+            tunnel = await open_tunnel(self.upstream, host, port, mark=self.mark, timeout=self.connect_timeout)
+        except UpstreamError as exc:
+            self.flows_failed += 1
+            self.note_error(str(exc))
+            reset(sock)
+            return
+        except asyncio.CancelledError:
+            reset(sock)
+            raise
+        await relay(sock, tunnel, idle_timeout=self.idle_timeout, counters=self.relay_counters)
+
+    def note_error(self, message: str) -> None:
+        """Count a failure; log it the first time and then at most once a minute."""
+        now = time.monotonic()
+        note = self.errors.get(message)
+        if note is None:
+            self.errors[message] = ErrorNote(message, 1, now, now, now)
+            log.warning("%s", message)
+            if len(self.errors) > 256:  # bounded: forget the oldest kinds
+                oldest = min(self.errors.values(), key=lambda n: n.last)
+                del self.errors[oldest.message]
+            return
+        note.count += 1
+        note.last = now
+        if now - note.logged >= ERROR_LOG_INTERVAL_S:
+            note.logged = now
+            log.warning("%s (%d times so far)", message, note.count)
+
+    def counters(self) -> dict:
+        """Flow counters and the latest error, for ``status``."""
+        report = {
+            "flows_open": self.flows_open,
+            "flows_total": self.flows_total,
+            "flows_failed": self.flows_failed,
+            "bytes_up": self.relay_counters.bytes_up,
+            "bytes_down": self.relay_counters.bytes_down,
+        }
+        if self.errors:
+            last = max(self.errors.values(), key=lambda n: n.last)
+            report["last_error"] = {
+                "message": last.message,
+                "count": last.count,
+                "age_s": round(time.monotonic() - last.last, 3),
+            }
+        return report

@@ -1,0 +1,221 @@
+"""Policy routing for capture, as wg-quick does it, applied and restored through netlink.
+
+Every packet not carrying Atlantic's firewall mark looks up Atlantic's table, whose
+default route is the TUN device; the daemon's own sockets carry the mark and keep using
+the main table. A ``lookup main suppress_prefixlength 0`` rule in front keeps every more
+specific route of the main table (LAN, loopback, the TUN's own /30) working.
+
+The plan is pure data (``plan_routing``); ``prepare`` turns it into the record that undoes
+it (the daemon writes that to its state file first), ``apply`` removes what it would add
+before adding it, so it is safe twice, and ``restore(record)`` removes exactly that, also
+after a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MAIN_TABLE = 254
+FAIL_CLOSED_METRIC = 4_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One ``ip rule``: lookup ``table`` at ``priority``, optionally for unmarked packets."""
+
+    family: int
+    priority: int
+    table: int
+    fwmark: int | None = None
+    invert: bool = False
+    suppress_prefixlength: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One default route of ``table``: through device ``dev``, or ``unreachable`` if dev is None.
+
+    The unreachable route sits behind the device route (higher metric) and outlives the
+    TUN: if the daemon dies and the kernel drops the device with its route, captured
+    traffic fails at once instead of falling through to the main table (fail closed).
+    """
+
+    family: int
+    table: int
+    dev: str | None
+    metric: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Sysctl:
+    """A sysctl value to set while up, with the value to put back."""
+
+    path: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPlan:
+    """Everything capture changes in a network namespace."""
+
+    rules: tuple[Rule, ...]
+    routes: tuple[Route, ...]
+    sysctls: tuple[Sysctl, ...]
+
+    def to_json(self) -> dict:
+        """A JSON-safe record (for the state file)."""
+        return {
+            "rules": [asdict(r) for r in self.rules],
+            "routes": [asdict(r) for r in self.routes],
+            "sysctls": [asdict(s) for s in self.sysctls],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> RoutingPlan:
+        """Read back what ``to_json`` wrote."""
+        return cls(
+            rules=tuple(Rule(**r) for r in data.get("rules", [])),
+            routes=tuple(Route(**r) for r in data.get("routes", [])),
+            sysctls=tuple(Sysctl(**s) for s in data.get("sysctls", [])),
+        )
+
+
+def plan_routing(tun: str, table: int, fwmark: int, priority: int) -> RoutingPlan:
+    """The rules and routes that send every unmarked IPv4 packet to ``tun`` (pure)."""
+    fam = socket.AF_INET
+    return RoutingPlan(
+        rules=(
+            Rule(fam, priority - 1, MAIN_TABLE, suppress_prefixlength=0),
+            Rule(fam, priority, table, fwmark=fwmark, invert=True),
+        ),
+        routes=(Route(fam, table, tun), Route(fam, table, None, metric=FAIL_CLOSED_METRIC)),
+        # Replies to the daemon's marked sockets must pass reverse-path filtering with
+        # the mark taken into account, as wg-quick arranges.
+        sysctls=(Sysctl("net/ipv4/conf/all/src_valid_mark", "1"),),
+    )
+
+
+_FIB_RULE_INVERT = 0x2
+
+
+def _rule_args(rule: Rule) -> dict:
+    args: dict = {"family": rule.family, "table": rule.table, "priority": rule.priority}
+    if rule.fwmark is not None:
+        args.update(fwmark=rule.fwmark, fwmask=0xFFFFFFFF)
+    if rule.invert:
+        args["flags"] = _FIB_RULE_INVERT
+    if rule.suppress_prefixlength is not None:
+        # pyroute2 drops a `suppress_prefixlength=0` keyword; the raw attribute name works.
+        args["FRA_SUPPRESS_PREFIXLEN"] = rule.suppress_prefixlength
+    return args
+
+
+def _default_dst(route: Route) -> str:
+    return "0.0.0.0/0" if route.family == socket.AF_INET else "::/0"
+
+
+def _route_args(ipr, route: Route) -> dict:
+    args = {"family": route.family, "dst": _default_dst(route), "table": route.table, "priority": route.metric}
+    if route.dev is None:
+        args["type"] = "unreachable"
+        return args
+    idx = ipr.link_lookup(ifname=route.dev)
+    if not idx:
+        raise RoutingError(f"device {route.dev} does not exist")
+    args["oif"] = idx[0]
+    return args
+
+
+def _sysctl_file(path: str) -> Path:
+    return Path("/proc/sys") / path
+
+
+def prepare(plan: RoutingPlan) -> RoutingPlan:
+    """The record that undoes ``plan``: its rules and routes, and today's sysctl values.
+
+    Write it to the state file *before* ``apply`` so a crash at any point can be undone.
+    """
+    previous = tuple(Sysctl(s.path, _sysctl_file(s.path).read_text().strip()) for s in plan.sysctls)
+    return RoutingPlan(plan.rules, plan.routes, previous)
+
+
+def apply(plan: RoutingPlan) -> None:
+    """Apply ``plan``; rules and routes it would add are removed first, so twice is safe.
+
+    On failure, what was added is removed again (sysctls are left to the record from
+    ``prepare``, which the caller restores).
+    """
+    from pyroute2 import IPRoute
+
+    without_sysctls = RoutingPlan(plan.rules, plan.routes, ())
+    restore(without_sysctls)
+    try:
+        for s in plan.sysctls:
+            _sysctl_file(s.path).write_text(s.value)
+        with IPRoute() as ipr:
+            for route in plan.routes:
+                ipr.route("replace", **_route_args(ipr, route))
+            for rule in plan.rules:
+                ipr.rule("add", **_rule_args(rule))
+    except Exception:
+        restore(without_sysctls)
+        raise
+
+
+def restore(record: RoutingPlan) -> list[str]:
+    """Remove what ``record`` added and put sysctls back; each step independent.
+
+    Returns one line per step that failed for a reason other than "already gone".
+    """
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    failures: list[str] = []
+    with IPRoute() as ipr:
+        for rule in record.rules:
+            # A rule may have been added twice by hand; remove every copy, bounded.
+            for _ in range(16):
+                try:
+                    ipr.rule("del", **_rule_args(rule))
+                except NetlinkError as exc:
+                    if exc.code not in (errno.ENOENT, errno.ESRCH):
+                        failures.append(f"rule {rule}: {exc}")
+                    break
+        for route in record.routes:
+            args = {"family": route.family, "dst": _default_dst(route), "table": route.table, "priority": route.metric}
+            try:
+                ipr.route("del", **args)
+            except NetlinkError as exc:
+                if exc.code not in (errno.ENOENT, errno.ESRCH):
+                    failures.append(f"route {route}: {exc}")
+    for s in record.sysctls:
+        try:
+            _sysctl_file(s.path).write_text(s.value)
+        except OSError as exc:
+            failures.append(f"sysctl {s.path}: {exc}")
+    return failures
+
+
+def delete_link(name: str) -> bool:
+    """Delete network device ``name`` if it exists (a TUN left by a crash); True if deleted."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            return False
+        try:
+            ipr.link("del", index=idx[0])
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return False
+            raise
+        return True
+
+
+class RoutingError(Exception):
+    """Routing could not be applied; the message says which part and why."""

@@ -1,0 +1,16 @@
+"""Atlantic's network-namespace lab: client, delaying router, upstream proxy, origin.
+
+Python API::
+
+    from atlantic.lab import up, down, current, set_delay, ns_exec_argv, LabEnv
+    env = up(delay_ms=20)          # idempotent
+    subprocess.run(ns_exec_argv("client", ["curl", ...]), env={**os.environ, **env.as_env()})
+    down()
+"""
+
+from atlantic.lab.lab import LabError, current, down, missing_tools, set_delay, up
+from atlantic.lab.procs import ns_exec_argv
+from atlantic.lab.topology import LabEnv
+
+__all__ = ["LabEnv", "LabError", "current", "down", "missing_tools", "ns_exec_argv",
+           "set_delay", "up"]

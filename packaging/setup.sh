@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install what Atlantic and its lab need on a fresh Debian 12 machine: the system
+# packages (only those missing) and the project's virtual environment in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+    squid nginx-light nghttp2-proxy nftables ffmpeg curl iproute2 openssl
+    apache2-utils tcpdump dnsutils procps python3-venv
+)
+missing=()
+for pkg in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/pip install -q -e '.[test]'
+echo "setup: done ($(.venv/bin/atlantic version))"

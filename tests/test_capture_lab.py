@@ -1,0 +1,228 @@
+"""System-wide capture end to end: `atlantic up` in the lab's client namespace, real Squid,
+nginx and curl, no proxy setting in any application."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+ATLANTIC = [sys.executable, "-m", "atlantic"]
+
+
+def ns_run(ns: str, argv: list[str], timeout: float = 60, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    """Run ``argv`` inside namespace ``ns``, bounded in time."""
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, timeout=timeout, check=check, **kw)
+
+
+def atlantic(lab, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """The `atlantic` command in the client namespace."""
+    return ns_run(lab.client_ns, [*ATLANTIC, *args], timeout=timeout, text=True)
+
+
+def status(lab) -> dict:
+    """`atlantic status --json` in the client namespace."""
+    return json.loads(atlantic(lab, "status", "--json").stdout)
+
+
+@contextlib.contextmanager
+def atlantic_up(lab, upstream: str):
+    """Atlantic up in the client namespace for the block; always brought down after."""
+    atlantic(lab, "down")
+    try:
+        res = atlantic(lab, "up", "--upstream", upstream)
+        assert res.returncode == 0, res.stderr
+        yield status(lab)
+    finally:
+        res = atlantic(lab, "down")
+        assert res.returncode == 0, res.stderr
+
+
+def curl(lab, url: str, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Plain curl (no proxy option) from the client namespace; body to stdout."""
+    return ns_run(lab.client_ns, ["curl", "-sS", "--max-time", str(timeout), "--noproxy", "*",
+                                  "--cacert", lab.ca_file, *extra, url], timeout=timeout + 10)
+
+
+def squid_log_lines(lab) -> list[str]:
+    return Path(lab.squid_access_log).read_text().splitlines()
+
+
+def leftovers(lab) -> dict:
+    """What capture could have left in the client namespace: rules, table routes, the TUN."""
+    rules = ns_run(lab.client_ns, ["ip", "rule"], text=True).stdout
+    routes = ns_run(lab.client_ns, ["ip", "route", "show", "table", "2026"], text=True).stdout
+    links = ns_run(lab.client_ns, ["ip", "-o", "link"], text=True).stdout
+    return {
+        "rules": [ln for ln in rules.splitlines() if "2026" in ln or "suppress_prefixlength" in ln],
+        "routes": routes.strip(),
+        "tun": "atl0" in links,
+    }
+
+
+def test_plain_curl_goes_through_squid_http_and_https(lab):
+    """With Atlantic up, curl without -x fetches the 2 MB file over HTTP and HTTPS, via Squid."""
+    before = len(squid_log_lines(lab))
+    with atlantic_up(lab, lab.proxy_url) as st:
+        assert st["state"] == "up"
+        assert "***" in st["upstream"] and lab.proxy_password not in json.dumps(st)
+        for base in (f"http://{lab.origin_host}", f"https://{lab.origin_host}"):
+            res = curl(lab, f"{base}/2mb")
+            assert res.returncode == 0, res.stderr
+            assert hashlib.sha256(res.stdout).hexdigest() == lab.sha256_2mb
+        st = status(lab)
+        assert st["flows_total"] >= 2 and st["bytes_down"] >= 2 * 2 * 1024 * 1024
+    new = squid_log_lines(lab)[before:]
+    assert any(f"CONNECT {lab.origin_ip}:80" in ln and lab.proxy_user in ln for ln in new), new
+    assert any(f"CONNECT {lab.origin_ip}:443" in ln for ln in new), new
+
+
+CONCURRENT_SCRIPT = r"""
+import asyncio, hashlib, sys
+HOST, IP, N, WANT = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+async def one(sem):
+    async with sem:
+        r, w = await asyncio.open_connection(IP, 80)
+        w.write(f"GET /2mb HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        data = await r.read(-1)
+        w.close()
+        body = data.split(b"\r\n\r\n", 1)[1]
+        return hashlib.sha256(body).hexdigest() == WANT
+async def main():
+    sem = asyncio.Semaphore(N)
+    ok = await asyncio.wait_for(asyncio.gather(*(one(sem) for _ in range(N)), return_exceptions=True), 240)
+    print(sum(1 for x in ok if x is True), len(ok), [repr(x) for x in ok if x is not True][:3])
+asyncio.run(main())
+"""
+
+
+def test_200_concurrent_flows_are_intact(lab):
+    """200 concurrent captured flows through Squid all complete with the right bytes."""
+    with atlantic_up(lab, lab.proxy_url):
+        res = ns_run(lab.client_ns, [sys.executable, "-c", CONCURRENT_SCRIPT, lab.origin_host, lab.origin_ip,
+                                     "200", lab.sha256_2mb], timeout=300, text=True)
+        assert res.returncode == 0, res.stderr
+        good, total, errors = res.stdout.split(" ", 2)
+        assert (int(good), int(total)) == (200, 200), res.stdout
+        st = status(lab)
+        assert st["flows_failed"] == 0 and st["flows_total"] >= 200
+
+
+GARBAGE_SCRIPT = r"""
+import random, sys
+from scapy.all import IP, TCP, UDP, ICMP, Raw, send, fragment, conf
+conf.verb = 0
+dst = sys.argv[1]
+rnd = random.Random(7)
+pkts = []
+for i in range(300):
+    kind = i % 6
+    if kind == 0:    # ACK for a flow that does not exist
+        pkts.append(IP(dst=dst)/TCP(sport=rnd.randrange(1024, 65535), dport=80, flags="A", seq=rnd.getrandbits(32)))
+    elif kind == 1:  # wrong TCP checksum
+        pkts.append(IP(dst=dst)/TCP(dport=80, flags="S", chksum=0xdead))
+    elif kind == 2:  # nonsense flags and random payload
+        pkts.append(IP(dst=dst)/TCP(dport=443, flags="FSRPAUEC")/Raw(bytes(rnd.getrandbits(8) for _ in range(40))))
+    elif kind == 3:  # a data offset pointing past the packet
+        pkts.append(IP(dst=dst)/TCP(dport=80, dataofs=15, flags="S"))
+    elif kind == 4:  # fragments of a large UDP datagram
+        pkts.extend(fragment(IP(dst=dst)/UDP(dport=9)/Raw(b"x" * 3000), fragsize=800))
+    else:            # ICMP and an unknown protocol number
+        pkts.append(IP(dst=dst)/ICMP())
+        pkts.append(IP(dst=dst, proto=253)/Raw(b"garbage"))
+send(pkts, inter=0.002)
+print(len(pkts))
+"""
+
+
+def test_garbage_packets_do_not_disturb_a_download(lab):
+    """Crafted bad packets sent into the TUN while a download runs: the download stays intact."""
+    with atlantic_up(lab, lab.proxy_url):
+        download = subprocess.Popen(
+            ["ip", "netns", "exec", lab.client_ns, "curl", "-sS", "--noproxy", "*", "--max-time", "120",
+             "--limit-rate", "20M", f"http://{lab.origin_host}/100mb"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            garbage = ns_run(lab.client_ns, [sys.executable, "-c", GARBAGE_SCRIPT, lab.origin_ip], timeout=120, text=True)
+            assert garbage.returncode == 0, garbage.stderr
+            body, err = download.communicate(timeout=180)
+        finally:
+            if download.poll() is None:
+                download.kill()
+                download.wait()
+        assert download.returncode == 0, err
+        assert hashlib.sha256(body).hexdigest() == lab.sha256_100mb
+        st = status(lab)
+        assert st["state"] == "up"
+        assert sum(v for k, v in st["stack"].items() if k.startswith("dropped")) > 0, st["stack"]
+
+
+def test_kill_9_fails_closed_and_down_restores(lab):
+    """After kill -9 traffic does not leak directly; `atlantic down` then removes every trace."""
+    atlantic(lab, "down")
+    before = leftovers(lab)
+    res = atlantic(lab, "up", "--upstream", lab.proxy_url)
+    assert res.returncode == 0, res.stderr
+    try:
+        pid = status(lab)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        st = status(lab)
+        assert st["state"] == "down" and "atlantic down" in st["problem"]
+        # Fail closed: the direct path to the origin is not taken while the rules stay.
+        leak = curl(lab, f"http://{lab.origin_ip}/small", timeout=5)
+        assert leak.returncode != 0
+    finally:
+        res = atlantic(lab, "down")
+    assert res.returncode == 0, res.stderr
+    assert leftovers(lab) == before == {"rules": [], "routes": "", "tun": False}
+    again = atlantic(lab, "down")
+    assert again.returncode == 0 and "not up" in again.stdout
+    direct = curl(lab, f"http://{lab.origin_host}/2mb")
+    assert direct.returncode == 0 and hashlib.sha256(direct.stdout).hexdigest() == lab.sha256_2mb
+
+
+def test_wrong_password_fails_fast_and_status_says_why(lab):
+    """A wrong proxy password resets the app's flow at once; status shows the 407; the daemon lives on."""
+    bad = re.sub(r":[^:@/]+@", ":wrong-password@", lab.proxy_url, count=1)
+    with atlantic_up(lab, bad):
+        res = curl(lab, f"http://{lab.origin_host}/2mb", timeout=20)
+        assert res.returncode not in (0, 28), res.returncode  # refused, not a timeout
+        st = status(lab)
+        assert st["state"] == "up" and st["flows_failed"] >= 1
+        assert "407" in st["last_error"]["message"] and "wrong-password" not in json.dumps(st)
+        res = curl(lab, f"https://{lab.origin_host}/2mb", timeout=20)
+        assert res.returncode not in (0, 28)
+        assert status(lab)["state"] == "up"
+
+
+def test_status_and_down_when_nothing_is_up(lab):
+    """With nothing up, status says down and `down` succeeds, twice."""
+    atlantic(lab, "down")
+    assert status(lab) == {"state": "down"}
+    for _ in range(2):
+        res = atlantic(lab, "down")
+        assert res.returncode == 0 and "not up" in res.stdout
+
+
+def test_direct_upstream_carries_flows(lab):
+    """`--upstream direct` carries flows itself (marked sockets), without Squid."""
+    before = len(squid_log_lines(lab))
+    with atlantic_up(lab, "direct"):
+        res = curl(lab, f"https://{lab.origin_host}/2mb")
+        assert res.returncode == 0, res.stderr
+        assert hashlib.sha256(res.stdout).hexdigest() == lab.sha256_2mb
+    assert len(squid_log_lines(lab)) == before
