@@ -8,9 +8,11 @@ Python API::
     down()
 """
 
-from atlantic.lab.lab import LabError, current, down, missing_tools, set_delay, up
+from atlantic.lab.lab import (
+    LabError, acquire, current, down, missing_tools, other_users, release, set_delay, up,
+)
 from atlantic.lab.procs import ns_exec_argv
 from atlantic.lab.topology import LabEnv
 
-__all__ = ["LabEnv", "LabError", "current", "down", "missing_tools", "ns_exec_argv",
-           "set_delay", "up"]
+__all__ = ["LabEnv", "LabError", "acquire", "current", "down", "missing_tools", "ns_exec_argv",
+           "other_users", "release", "set_delay", "up"]

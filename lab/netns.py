@@ -1,0 +1,155 @@
+"""Namespaces, veth links, routing and sysctls of the lab (system edge, `ip` commands).
+
+Only names from `atlantic.lab.topology` (prefix ``atl-``) are ever created or removed;
+the host's own interfaces, routes and rules are never touched. The single host-wide
+setting changed is ``net.ipv4.tcp_allowed_congestion_control`` (cubic added), which the
+caller records and restores.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from atlantic.lab.procs import CommandError, run
+from atlantic.lab.topology import (
+    DELAY_TABLE, HOST_IFNAME, HOSTS, ROLES, ROUTER_TUN, ROUTER_TUN_ADDR, host_ip, hosts_file,
+    ns_name, resolv_conf, router_ifname, router_ip,
+)
+
+NETNS_ETC = Path("/etc/netns")
+ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+
+
+def lab_namespaces() -> list[str]:
+    """The lab's namespaces that exist now (never another prefix such as ``atlt-``)."""
+    ours = {ns_name(r) for r in ROLES}
+    out = run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line and line.split()[0] in ours]
+
+
+def _ip(ns: str, *args: str) -> None:
+    run(["ip", "-n", ns_name(ns), *args])
+
+
+def _sysctl(ns: str, settings: dict[str, str]) -> None:
+    run(["ip", "netns", "exec", ns_name(ns), "sysctl", "-q", "-w",
+         *(f"{k}={v}" for k, v in settings.items())])
+
+
+def ensure_cubic_allowed() -> tuple[str, str]:
+    """Add cubic to the host's allowed congestion controls; return (original, now)."""
+    original = ALLOWED_CC.read_text().strip()
+    if "cubic" in original.split():
+        return original, original
+    ALLOWED_CC.write_text(original + " cubic\n")
+    return original, ALLOWED_CC.read_text().strip()
+
+
+def restore_allowed_cc(original: str, ours: str) -> None:
+    """Put the original allowed list back, unless someone else changed it since."""
+    if original and ALLOWED_CC.read_text().strip() == ours and original != ours:
+        ALLOWED_CC.write_text(original + "\n")
+
+
+def create_namespaces() -> None:
+    """Create the four namespaces with loopback up and cubic congestion control."""
+    for role in ROLES:
+        run(["ip", "netns", "add", ns_name(role)])
+    for role in ROLES:
+        _ip(role, "link", "set", "lo", "up")
+        _sysctl(role, {"net.ipv4.tcp_congestion_control": "cubic"})
+
+
+def create_links() -> None:
+    """Join client, proxy and origin to the router with veth pairs and default routes."""
+    _sysctl("router", {
+        "net.ipv4.ip_forward": "1",
+        # packets come back out of the TUN with the sender's source: no reverse-path check
+        "net.ipv4.conf.all.rp_filter": "0",
+        "net.ipv4.conf.default.rp_filter": "0",
+    })
+    for role in HOSTS:
+        r_if = router_ifname(role)
+        _ip("router", "link", "add", r_if, "type", "veth", "peer", "name", HOST_IFNAME,
+            "netns", ns_name(role))
+        _ip("router", "addr", "add", f"{router_ip(role)}/24", "dev", r_if)
+        _ip("router", "link", "set", r_if, "up")
+        _ip(role, "addr", "add", f"{host_ip(role)}/24", "dev", HOST_IFNAME)
+        _ip(role, "link", "set", HOST_IFNAME, "up")
+        _ip(role, "route", "add", "default", "via", router_ip(role))
+
+
+def create_delay_routing() -> None:
+    """Persistent TUN in the router and policy rules sending forwarded packets through it.
+
+    Packets the delay line writes back arrive with iif dl0, match no rule and are routed
+    by the main table; local destinations (the local table, pref 0) are never delayed.
+    """
+    _ip("router", "tuntap", "add", "dev", ROUTER_TUN, "mode", "tun", "vnet_hdr")
+    _ip("router", "addr", "add", ROUTER_TUN_ADDR, "dev", ROUTER_TUN)
+    _ip("router", "link", "set", ROUTER_TUN, "up")
+    _ip("router", "route", "add", "default", "dev", ROUTER_TUN, "table", str(DELAY_TABLE))
+    for i, role in enumerate(HOSTS):
+        _ip("router", "rule", "add", "pref", str(1000 + i), "iif", router_ifname(role),
+            "lookup", str(DELAY_TABLE))
+
+
+def tun_has_carrier() -> bool:
+    """True once a delay line process has attached to the router's TUN."""
+    out = run(["ip", "-n", ns_name("router"), "link", "show", ROUTER_TUN], check=False).stdout
+    return bool(out) and "NO-CARRIER" not in out
+
+
+def tbf_argv(dev: str, rate_mbit: float) -> list[str]:
+    """tc command shaping *dev* to *rate_mbit* (burst fits a 64 KiB GSO packet)."""
+    burst = max(256 * 1024, int(rate_mbit * 1e6 / 8 * 0.004))
+    return ["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{rate_mbit:g}mbit",
+            "burst", str(burst), "latency", "100ms"]
+
+
+def set_rate(rate_mbit: float | None) -> None:
+    """Shape every router veth to *rate_mbit* (both directions), or remove the shaping."""
+    for role in HOSTS:
+        dev = router_ifname(role)
+        if rate_mbit is None:
+            run(["ip", "netns", "exec", ns_name("router"), "tc", "qdisc", "del", "dev", dev,
+                 "root"], check=False)
+        else:
+            run(["ip", "netns", "exec", ns_name("router"), *tbf_argv(dev, rate_mbit)])
+
+
+def write_etc_netns() -> None:
+    """/etc/netns/<ns>/{hosts,resolv.conf}: bind-mounted over /etc by ``ip netns exec``."""
+    for role in ROLES:
+        d = NETNS_ETC / ns_name(role)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "hosts").write_text(hosts_file())
+        (d / "resolv.conf").write_text(resolv_conf(role))
+
+
+def remove_etc_netns() -> None:
+    """Remove the lab's /etc/netns dirs (and /etc/netns itself if that leaves it empty)."""
+    for role in ROLES:
+        shutil.rmtree(NETNS_ETC / ns_name(role), ignore_errors=True)
+    try:
+        NETNS_ETC.rmdir()
+    except OSError:
+        pass
+
+
+def namespace_pids(ns: str) -> list[int]:
+    """PIDs of every process living in lab namespace *ns*."""
+    r = run(["ip", "netns", "pids", ns_name(ns)], check=False)
+    return [int(x) for x in r.stdout.split() if x.isdigit()]
+
+
+def delete_namespaces() -> list[str]:
+    """Delete the lab's namespaces (veths and the TUN go with them); return errors."""
+    errors = []
+    for ns in lab_namespaces():
+        try:
+            run(["ip", "netns", "del", ns])
+        except CommandError as e:
+            errors.append(str(e))
+    return errors

@@ -1,0 +1,152 @@
+"""The lab's shape as data: namespaces, addresses, names, and the exported environment.
+
+Pure: no I/O. Everything that creates or starts something reads its names and
+addresses from here, so tests and benchmarks can rely on them.
+
+    client 10.77.1.2 --- 10.77.1.1 \\
+    proxy  10.77.2.2 --- 10.77.2.1  router (delay line on TUN dl0)
+    origin 10.77.3.2 --- 10.77.3.1 /
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+NS_PREFIX = "atl-"
+ROLES = ("client", "router", "proxy", "origin")
+HOSTS = ("client", "proxy", "origin")  # the namespaces hanging off the router
+SUBNET = {"client": 1, "proxy": 2, "origin": 3}
+
+ROUTER_TUN = "dl0"
+ROUTER_TUN_ADDR = "10.77.0.1/32"
+DELAY_TABLE = 177  # router's policy table: "default dev dl0"
+HOST_IFNAME = "eth0"  # inside client/proxy/origin
+
+SQUID_PORT = 3128
+H2_PROXY_PORT = 3129
+PROXY_NAME = "proxy.test"
+ORIGIN_NAME = "origin.test"
+PROXY_USER = "atl"
+
+
+def ns_name(role: str) -> str:
+    """Full namespace name for a role (``client`` -> ``atl-client``); full names pass."""
+    if role.startswith(NS_PREFIX):
+        return role
+    if role not in ROLES:
+        raise ValueError(f"unknown lab namespace {role!r}; pick one of {', '.join(ROLES)}")
+    return NS_PREFIX + role
+
+
+def host_ip(role: str) -> str:
+    """Address of a host namespace (client, proxy, origin)."""
+    return f"10.77.{SUBNET[role]}.2"
+
+
+def router_ip(role: str) -> str:
+    """The router's address on the link towards *role* (that host's gateway)."""
+    return f"10.77.{SUBNET[role]}.1"
+
+
+def router_ifname(role: str) -> str:
+    """Name of the router's veth towards *role*."""
+    return f"to-{role}"
+
+
+def hosts_file() -> str:
+    """The /etc/hosts every lab namespace sees (bind-mounted by ``ip netns exec``)."""
+    return (
+        "127.0.0.1\tlocalhost\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        f"{host_ip('client')}\tclient.test\n"
+        f"{host_ip('proxy')}\t{PROXY_NAME}\n"
+        f"{host_ip('origin')}\t{ORIGIN_NAME}\n"
+    )
+
+
+def resolv_conf(role: str) -> str:
+    """A resolv.conf that points inside the lab, so nothing asks the host's resolver."""
+    server = router_ip(role) if role in SUBNET else router_ip("client")
+    return ("# atlantic lab: no resolver listens here on purpose\n"
+            f"nameserver {server}\noptions timeout:1 attempts:1\n")
+
+
+@dataclass(frozen=True, slots=True)
+class LabEnv:
+    """Everything a test needs to know about a running lab."""
+
+    delay_ms: float
+    rate_mbit: float | None
+    proxy_user: str
+    proxy_password: str
+    ca_file: str
+    squid_access_log: str
+    sha256_2mb: str
+    sha256_100mb: str
+    state_dir: str
+
+    client_ns: str = ns_name("client")
+    router_ns: str = ns_name("router")
+    proxy_ns: str = ns_name("proxy")
+    origin_ns: str = ns_name("origin")
+    client_ip: str = host_ip("client")
+    proxy_ip: str = host_ip("proxy")
+    origin_ip: str = host_ip("origin")
+    proxy_host: str = PROXY_NAME
+    origin_host: str = ORIGIN_NAME
+    squid_port: int = SQUID_PORT
+    h2_proxy_port: int = H2_PROXY_PORT
+
+    @property
+    def proxy_url(self) -> str:
+        """Squid, HTTP/1.1, with credentials."""
+        return f"http://{self.proxy_user}:{self.proxy_password}@{self.proxy_ip}:{self.squid_port}"
+
+    @property
+    def h2_proxy_url(self) -> str:
+        """nghttpx (TLS, ALPN h2) in front of Squid, with credentials."""
+        return (f"https://{self.proxy_user}:{self.proxy_password}"
+                f"@{self.proxy_host}:{self.h2_proxy_port}")
+
+    def as_env(self) -> dict[str, str]:
+        """The LAB_* environment variables describing this lab."""
+        return {
+            "LAB_CLIENT_NS": self.client_ns,
+            "LAB_ROUTER_NS": self.router_ns,
+            "LAB_PROXY_NS": self.proxy_ns,
+            "LAB_ORIGIN_NS": self.origin_ns,
+            "LAB_CLIENT_IP": self.client_ip,
+            "LAB_PROXY_IP": self.proxy_ip,
+            "LAB_ORIGIN_IP": self.origin_ip,
+            "LAB_PROXY_HOST": self.proxy_host,
+            "LAB_ORIGIN_HOST": self.origin_host,
+            "LAB_PROXY_URL": self.proxy_url,
+            "LAB_H2_PROXY_URL": self.h2_proxy_url,
+            "LAB_PROXY_USER": self.proxy_user,
+            "LAB_PROXY_PASSWORD": self.proxy_password,
+            "LAB_ORIGIN_HTTP": f"http://{self.origin_host}",
+            "LAB_ORIGIN_HTTPS": f"https://{self.origin_host}",
+            "LAB_CA_FILE": self.ca_file,
+            "LAB_DELAY_MS": f"{self.delay_ms:g}",
+            "LAB_RATE_MBIT": "" if self.rate_mbit is None else f"{self.rate_mbit:g}",
+            "LAB_SQUID_ACCESS_LOG": self.squid_access_log,
+            "LAB_SHA256_2MB": self.sha256_2mb,
+            "LAB_SHA256_100MB": self.sha256_100mb,
+            "LAB_STATE_DIR": self.state_dir,
+        }
+
+    def to_dict(self) -> dict:
+        """The fields that are not constants, for the state file."""
+        return {
+            "delay_ms": self.delay_ms, "rate_mbit": self.rate_mbit,
+            "proxy_user": self.proxy_user, "proxy_password": self.proxy_password,
+            "ca_file": self.ca_file, "squid_access_log": self.squid_access_log,
+            "sha256_2mb": self.sha256_2mb, "sha256_100mb": self.sha256_100mb,
+            "state_dir": self.state_dir,
+        }
+
+
+def render_exports(env: dict[str, str]) -> str:
+    """Shell ``export`` lines for *env*, values quoted for sh."""
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
