@@ -106,7 +106,8 @@ class Daemon:
                     "stop": lambda _req: self._stop(),
                 }, privileged={"stop"}),
             ]
-            routing.apply(plan)
+            # pyroute2's synchronous API runs its own event loop: keep it off ours.
+            await asyncio.to_thread(routing.apply, plan)
             log.info("up: every TCP flow of this namespace goes via %s to %s (listener %s:%d, MTU %d, offload %s)",
                      cfg.tun.name, self.upstream.redacted(), self.inet_addr, listen_port, cfg.tun.mtu, cfg.tun.offload)
             await self.stopping.wait()
@@ -121,12 +122,12 @@ class Daemon:
                 await self.dispatcher.aclose(DRAIN_TIMEOUT_S)
             if listener is not None:
                 listener.close()
-            failures = routing.restore(record)
+            failures = await asyncio.to_thread(routing.restore, record)
             for line in failures:
                 log.error("restore: %s", line)
             if self.stack is not None:
                 self.stack.stop()
-            routing.delete_link(cfg.tun.name)
+            await asyncio.to_thread(routing.delete_link, cfg.tun.name)
             remove_state(self.paths)
             log.info("down: routing restored")
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from atlantic.forwarder.errors import UpstreamError
-from atlantic.forwarder.relay import RelayCounters, relay
+from atlantic.forwarder.relay import RelayCounters, abort_socket, relay
 from atlantic.forwarder.tunnel import open_tunnel
 from atlantic.forwarder.upstream import Upstream
 
@@ -27,7 +26,6 @@ log = logging.getLogger("atlantic.forwarder")
 
 Lookup = Callable[[int], "tuple[tuple[str, int], tuple[str, int]] | None"]
 ERROR_LOG_INTERVAL_S = 60.0
-_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 @dataclass(slots=True)
@@ -39,15 +37,6 @@ class ErrorNote:
     first: float
     last: float
     logged: float
-
-
-def reset(sock: socket.socket) -> None:
-    """Close ``sock`` with an RST (SO_LINGER 0): the application sees the flow refused."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-    except OSError:
-        pass
-    sock.close()
 
 
 class Dispatcher:
@@ -112,7 +101,7 @@ class Dispatcher:
         if flow is None:
             self.flows_failed += 1
             self.note_error(f"no NAT entry for listener peer port {nat_port}")
-            reset(sock)
+            abort_socket(sock)
             return
         _src, (host, port) = flow
         try:
@@ -120,10 +109,10 @@ class Dispatcher:
         except UpstreamError as exc:
             self.flows_failed += 1
             self.note_error(str(exc))
-            reset(sock)
+            abort_socket(sock)
             return
         except asyncio.CancelledError:
-            reset(sock)
+            abort_socket(sock)
             raise
         await relay(sock, tunnel, idle_timeout=self.idle_timeout, counters=self.relay_counters)
 

@@ -1,0 +1,51 @@
+"""Errors of the upstream path, each saying who is at fault in one line.
+
+Every message names the proxy (redacted, never with its password) and the
+target, and says what to do next where there is something to do.
+"""
+
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    """Base of every error met while opening a tunnel through an upstream."""
+
+
+class UpstreamUnreachableError(UpstreamError):
+    """The proxy (or, in direct mode, the target) could not be reached at all."""
+
+
+class UpstreamTimeoutError(UpstreamUnreachableError):
+    """The proxy accepted TCP but did not answer CONNECT in time."""
+
+
+class MarkPermissionError(UpstreamError, PermissionError):
+    """SO_MARK could not be set: the daemon lacks CAP_NET_ADMIN (a local fault)."""
+
+
+class UpstreamNotSupportedError(UpstreamError):
+    """The upstream kind is parsed but not carried yet (https://, HTTP/2)."""
+
+
+class UpstreamStatusError(UpstreamError):
+    """The proxy answered CONNECT with a non-2xx status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpstreamAuthError(UpstreamStatusError):
+    """407: the proxy rejected (or wanted) credentials."""
+
+
+class UpstreamRefusedError(UpstreamStatusError):
+    """403: the proxy refuses to open this tunnel (policy, port, ACL)."""
+
+
+class UpstreamTargetError(UpstreamStatusError):
+    """502/503/504: the proxy could not reach the target."""
+
+
+class RemoteProtocolError(UpstreamError):
+    """The proxy broke HTTP/1.1: malformed, oversized or truncated response head."""
