@@ -57,6 +57,7 @@ class Daemon:
         self.prefixlen = iface.network.prefixlen
         self.stack = None
         self.dispatcher: Dispatcher | None = None
+        self.ready = False  # routing applied: `up` returns only then
 
     async def run(self) -> None:
         """Bring capture up, serve until asked to stop, then put everything back."""
@@ -108,6 +109,7 @@ class Daemon:
             ]
             # pyroute2's synchronous API runs its own event loop: keep it off ours.
             await asyncio.to_thread(routing.apply, plan)
+            self.ready = True
             log.info("up: every TCP flow of this namespace goes via %s to %s (listener %s:%d, MTU %d, offload %s)",
                      cfg.tun.name, self.upstream.redacted(), self.inet_addr, listen_port, cfg.tun.mtu, cfg.tun.offload)
             await self.stopping.wait()
@@ -139,7 +141,7 @@ class Daemon:
         """The status report (the control socket's ``status``)."""
         d = self.dispatcher
         report = {
-            "state": "up" if not self.stopping.is_set() else "stopping",
+            "state": "stopping" if self.stopping.is_set() else "up" if self.ready else "starting",
             "pid": os.getpid(),
             "version": __version__,
             "upstream": self.upstream.redacted(),
