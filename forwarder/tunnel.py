@@ -14,10 +14,16 @@ import asyncio
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from .connect import ConnectResponseParser, build_connect_request, format_authority, raise_for_status
+from .connect import (
+    ConnectResponse,
+    ConnectResponseParser,
+    build_connect_request,
+    format_authority,
+    raise_for_status,
+)
 from .errors import (
     MarkPermissionError,
     RemoteProtocolError,
@@ -110,7 +116,8 @@ async def open_tunnel(
             sock.close()
 
 
-async def _read_head(loop, sock, who: str, target: str):
+async def _read_head(loop: asyncio.AbstractEventLoop, sock: socket.socket, who: str,
+                     target: str) -> ConnectResponse:
     parser = ConnectResponseParser()
     while True:
         data = await loop.sock_recv(sock, _RECV_SIZE)

@@ -237,3 +237,24 @@ def test_direct_upstream_carries_flows(lab):
         assert res.returncode == 0, res.stderr
         assert hashlib.sha256(res.stdout).hexdigest() == lab.sha256_2mb
     assert len(squid_log_lines(lab)) == before
+
+
+def test_two_instances_in_two_namespaces_do_not_collide(lab):
+    """Atlantic in the lab client and in a second namespace: each status and down finds its own."""
+    other = f"atlt-two-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", other], check=True, timeout=10)
+    try:
+        subprocess.run(["ip", "-n", other, "link", "set", "lo", "up"], check=True, timeout=10)
+        with atlantic_up(lab, lab.proxy_url) as mine:
+            res = ns_run(other, [*ATLANTIC, "up", "--upstream", "direct"], timeout=30, text=True)
+            assert res.returncode == 0, res.stderr
+            theirs = json.loads(ns_run(other, [*ATLANTIC, "status", "--json"], text=True).stdout)
+            assert theirs["state"] == "up" and theirs["pid"] != mine["pid"]
+            assert theirs["upstream"] == "direct"
+            assert status(lab)["pid"] == mine["pid"]
+            res = ns_run(other, [*ATLANTIC, "down"], timeout=30, text=True)
+            assert res.returncode == 0, res.stderr
+            assert status(lab)["state"] == "up"
+    finally:
+        ns_run(other, [*ATLANTIC, "down"], timeout=30)
+        subprocess.run(["ip", "netns", "del", other], timeout=10)
