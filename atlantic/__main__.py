@@ -1,5 +1,5 @@
 """``python -m atlantic`` is the ``atlantic`` command."""
 
-from atlantic.client.cli import main
+from atlantic.client.main import main
 
 main()

@@ -152,7 +152,7 @@ def main() -> None:
     finally:
         if not (was_up or args.keep_lab):
             labmod.down()
-        else:
+        elif labmod.current() is not None:
             labmod.set_delay(20)
 
     table = summarize(runs)

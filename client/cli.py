@@ -115,9 +115,9 @@ def status(
     if as_json:
         typer.echo(json.dumps(report, indent=2, sort_keys=True))
     else:
-        from atlantic.client.report import print_status
+        from atlantic.client.report import format_status
 
-        print_status(report)
+        typer.echo(format_status(report))
     if report.get("state") != "up" and report.get("problem"):
         raise typer.Exit(3)
 
@@ -161,7 +161,7 @@ _add_lab()
 
 
 def main() -> None:
-    """Entry point of the console script."""
+    """Run the typer application (the full command line)."""
     try:
         app()
     except KeyboardInterrupt:

@@ -8,7 +8,6 @@ without starting an event loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -30,10 +29,11 @@ def _peer_uid(sock: socket.socket) -> int:
     return uid
 
 
-async def serve_control(path: Path, handlers: dict[str, Handler], privileged: set[str]) -> asyncio.Server:
+async def serve_control(path: Path, handlers: dict[str, Handler], privileged: set[str]):
     """Listen on ``path``; each request ``{"cmd": name, ...}`` goes to ``handlers[name]``."""
+    import asyncio  # here, not at the top: `atlantic status` imports this module and must start fast
 
-    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def on_client(reader, writer) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=5)
             request = json.loads(line[:MAX_REQUEST] or b"{}")

@@ -39,14 +39,8 @@ def status_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def print_status(report: dict) -> None:
-    """Print the status report as a two-column table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for label, value in status_rows(report):
-        table.add_row(label, value)
-    Console().print(table)
+def format_status(report: dict) -> str:
+    """The status report as an aligned two-column table (no rich: status must start fast)."""
+    rows = status_rows(report)
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
