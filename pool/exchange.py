@@ -1,0 +1,67 @@
+"""Request/response pieces shared by the pool's HTTP/1.1 and HTTP/2 paths (pure helpers
+plus the small HTTP/2 response stream wrapper)."""
+
+from __future__ import annotations
+
+from atlantic.forwarder.errors import UpstreamAuthError
+from atlantic.pool.api import RequestHead, ResponseHead
+from atlantic.pool.h2conn import H2Stream
+from atlantic.pool.http11 import HOP_BY_HOP, response_head
+
+__all__ = ["H2ResponseStream", "auth_error", "h2_connect_headers", "h2_request_headers", "h2_response_head"]
+
+_H2_DROP = HOP_BY_HOP | {"host", "content-length"}
+
+
+def h2_request_headers(head: RequestHead, proxy_authorization: str | None) -> list[tuple[str, str]]:
+    """Pseudo-headers for a proxy request (``:scheme http``), then lower-cased headers."""
+    out = [(":method", head.method), (":scheme", head.endpoint.scheme),
+           (":authority", head.endpoint.authority), (":path", head.target)]
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname not in _H2_DROP:
+            out.append((lname, value))
+    if head.body_length:
+        out.append(("content-length", str(head.body_length)))
+    if proxy_authorization is not None:
+        out.append(("proxy-authorization", proxy_authorization))
+    return out
+
+
+def h2_connect_headers(authority: str, proxy_authorization: str | None) -> list[tuple[str, str]]:
+    """A CONNECT stream (RFC 9113 8.5): only ``:method`` and ``:authority`` pseudo-headers."""
+    out = [(":method", "CONNECT"), (":authority", authority)]
+    if proxy_authorization is not None:
+        out.append(("proxy-authorization", proxy_authorization))
+    return out
+
+
+def auth_error(proxy: str, what: str, reason: str = "Proxy Authentication Required") -> UpstreamAuthError:
+    """The one-line 407 error for a request (CONNECT has its own in forwarder.connect)."""
+    return UpstreamAuthError(
+        f"proxy {proxy} rejected the credentials (407 {reason}) for {what}: "
+        "check the user name and password", 407)
+
+
+class H2ResponseStream:
+    """A response on an HTTP/2 stream (the ResponseStream protocol)."""
+
+    __slots__ = ("head", "_stream")
+
+    def __init__(self, head: ResponseHead, stream: H2Stream) -> None:
+        self.head = head
+        self._stream = stream
+
+    async def read(self, max_bytes: int = 262144) -> bytes:
+        """The next piece of the body; ``b""`` at END_STREAM."""
+        return await self._stream.read(max_bytes)
+
+    async def aclose(self) -> None:
+        """Finish the stream (RST_STREAM if the body was not read to the end)."""
+        await self._stream.aclose()
+
+
+def h2_response_head(status: int, headers: list[tuple[str, str]], method: str) -> ResponseHead:
+    """The ResponseHead of an HTTP/2 response (length from content-length, else until END)."""
+    return response_head(status, "", headers, method=method, http_version="2", chunked=False)
+

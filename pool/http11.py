@@ -1,0 +1,213 @@
+"""HTTP/1.1 client connections with h11: requests out, streamed responses in.
+
+Async adapter over a :class:`~atlantic.pool.transport.Transport`. One request at a
+time; the response body is pulled from the socket only as the caller reads it. The
+connection goes back to the pool (``on_release(reusable)``) once the body was read to
+the end and both sides allow keep-alive; a partly read response closes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import h11
+
+from atlantic.forwarder.errors import RemoteProtocolError, UpstreamError
+from atlantic.pool.api import RequestHead, ResponseHead
+from atlantic.pool.transport import Transport
+
+__all__ = ["ConnectionLost", "H1Connection", "H1ResponseStream", "HOP_BY_HOP", "response_head"]
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                        "te", "trailer", "upgrade", "proxy-authenticate", "proxy-authorization"})
+_FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
+MAX_HEAD = 64 * 1024
+
+
+class ConnectionLost(UpstreamError):
+    """The connection closed under a request. ``retryable``: no response byte had arrived."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+def response_head(status: int, reason: str, raw: list[tuple[str, str]], *, method: str,
+                  http_version: str, chunked: bool | None = None) -> ResponseHead:
+    """A :class:`ResponseHead` without hop-by-hop headers; ``body_length`` from the framing."""
+    headers: list[tuple[str, str]] = []
+    length: int | None = None
+    is_chunked = False
+    for name, value in raw:
+        lname = name.lower()
+        if lname == "content-length":
+            length = int(value) if value.strip().isdigit() else None
+        elif lname == "transfer-encoding":
+            is_chunked = True
+        if lname not in HOP_BY_HOP:
+            headers.append((name, value))
+    if chunked is not None:
+        is_chunked = chunked
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        body: int | None = 0
+    elif is_chunked:
+        body = None
+    else:
+        body = length
+    return ResponseHead(status, reason, tuple(headers), body, http_version)
+
+
+def request_headers(head: RequestHead, proxy_authorization: str | None) -> list[tuple[bytes, bytes]]:
+    """Headers as sent on HTTP/1.1: Host first, framing from ``body_length``, proxy auth."""
+    out = [(b"Host", head.endpoint.authority.encode())]
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in _FRAMING or lname in HOP_BY_HOP:
+            continue
+        out.append((name.encode("latin-1"), value.encode("latin-1")))
+    if head.body_length is None:
+        out.append((b"Transfer-Encoding", b"chunked"))
+    elif head.body_length or head.method in ("POST", "PUT", "PATCH"):
+        out.append((b"Content-Length", str(head.body_length).encode()))
+    if proxy_authorization is not None:
+        out.append((b"Proxy-Authorization", proxy_authorization.encode("latin-1")))
+    return out
+
+
+class H1Connection:
+    """One HTTP/1.1 connection (to a proxy, absolute-form, or to the origin for direct)."""
+
+    __slots__ = ("transport", "h11", "absolute_form", "used", "name")
+
+    def __init__(self, transport: Transport, *, absolute_form: bool, name: str) -> None:
+        self.transport = transport
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.absolute_form = absolute_form
+        self.used = False
+        self.name = name  # redacted, for error messages
+
+    def is_peer_closed(self) -> bool:
+        """True if this idle connection cannot be reused (peer closed or sent junk)."""
+        return self.transport.is_peer_closed()
+
+    async def send(self, head: RequestHead, body: AsyncIterator[bytes] | None,
+                   proxy_authorization: str | None) -> ResponseHead:
+        """Send the request and its body; return the response head (1xx skipped).
+
+        Raises :class:`ConnectionLost` (``retryable`` when nothing came back) or
+        :class:`RemoteProtocolError`.
+        """
+        target = head.target
+        if self.absolute_form:
+            target = f"http://{head.endpoint.authority}{head.target}"
+        w = self.transport.writer
+        self.used = True
+        try:
+            w.write(self.h11.send(h11.Request(method=head.method, target=target,
+                                              headers=request_headers(head, proxy_authorization))))
+            if body is not None:
+                async for chunk in body:
+                    if chunk:
+                        w.write(self.h11.send(h11.Data(data=chunk)))
+                        await w.drain()
+            w.write(self.h11.send(h11.EndOfMessage()))
+            await w.drain()
+        except (ConnectionError, OSError) as e:
+            # a write fails on a connection the peer closed; nothing of a response came back
+            raise ConnectionLost(f"{self.name}: connection closed while sending ({e})",
+                                 retryable=True) from None
+        except h11.LocalProtocolError as e:
+            raise RemoteProtocolError(f"cannot send request to {self.name}: {e}") from None
+        got_bytes = False
+        while True:
+            event, got = await self._next_event()
+            got_bytes = got_bytes or got
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if isinstance(event, h11.Response):
+                return response_head(
+                    event.status_code, event.reason.decode("latin-1"),
+                    [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()],
+                    method=head.method, http_version=event.http_version.decode())
+            if isinstance(event, h11.ConnectionClosed):
+                raise ConnectionLost(f"{self.name}: connection closed before the response",
+                                     retryable=not got_bytes)
+            raise RemoteProtocolError(f"{self.name}: unexpected {type(event).__name__}")
+
+    async def _next_event(self, read_size: int = 65536) -> tuple[object, bool]:
+        got = False
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                raise RemoteProtocolError(f"{self.name} broke HTTP/1.1: {e}") from None
+            if event is not h11.NEED_DATA:
+                return event, got
+            try:
+                data = await self.transport.reader.read(read_size)
+            except (ConnectionError, OSError):
+                data = b""
+            if not data and self.h11.their_state is h11.SEND_RESPONSE:
+                return h11.ConnectionClosed(), got  # h11 would call this a protocol error
+            got = got or bool(data)
+            self.h11.receive_data(data)
+
+    def can_reuse(self) -> bool:
+        """After a complete exchange: may the next request go here? (starts the next cycle)."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            return not self.transport.writer.is_closing()
+        return False
+
+
+class H1ResponseStream:
+    """A response on an HTTP/1.1 connection; ``read()`` pulls body bytes from the socket."""
+
+    __slots__ = ("head", "_conn", "_on_release", "_done", "_released")
+
+    def __init__(self, head: ResponseHead, conn: H1Connection,
+                 on_release: Callable[[bool], None]) -> None:
+        self.head = head
+        self._conn = conn
+        self._on_release = on_release
+        self._done = False
+        self._released = False
+
+    async def read(self, max_bytes: int = 262144) -> bytes:
+        """The next piece of the body; ``b""`` once complete (the connection is then released)."""
+        if self._done:
+            return b""
+        try:
+            event, _ = await self._conn._next_event(max(max_bytes, 16384))
+        except BaseException:
+            self._release(False)
+            raise
+        if isinstance(event, h11.Data):
+            data = event.data
+            return data if type(data) is bytes else bytes(data)
+        if isinstance(event, h11.EndOfMessage):
+            self._done = True
+            self._release(self._conn.can_reuse())
+            return b""
+        self._release(False)
+        if isinstance(event, h11.ConnectionClosed):
+            raise RemoteProtocolError(f"{self._conn.name} closed the connection mid-body")
+        raise RemoteProtocolError(f"{self._conn.name}: unexpected {type(event).__name__} in body")
+
+    async def aclose(self) -> None:
+        """Release: reused if the body was complete, else the connection is closed."""
+        if not self._done and not self._released:
+            # an empty body (HEAD, 204, Content-Length: 0) needs no read to be complete
+            try:
+                event = self._conn.h11.next_event()
+            except h11.RemoteProtocolError:
+                event = None
+            if isinstance(event, h11.EndOfMessage):
+                self._done = True
+                self._release(self._conn.can_reuse())
+        self._release(False)
+
+    def _release(self, reusable: bool) -> None:
+        if not self._released:
+            self._released = True
+            self._on_release(reusable)

@@ -1,0 +1,396 @@
+"""The shared upstream pool: the async adapter around :class:`~atlantic.pool.plan.PoolPlan`.
+
+Every request enqueues a waiter, one synchronous assignment pass places it (reuse the
+most recently used connection, else open one under the per-key limit, else wait), and
+the request goes out on that connection: HTTP/1.1 keep-alive (h11) to a proxy or origin,
+or a stream on an HTTP/2 proxy connection (h2). Tunnels ride CONNECT streams (h2) or
+consume a warm HTTP/1.1 proxy connection. The clock is injected (``clock``) and only
+read here, never in the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+
+from atlantic.forwarder.connect import ConnectResponse, format_authority, raise_for_status
+from atlantic.forwarder.errors import RemoteProtocolError, UpstreamError, UpstreamTimeoutError
+from atlantic.forwarder.upstream import UpstreamKind
+from atlantic.pool.api import RequestHead
+from atlantic.pool.background import expire_loop, refresh_loop, warm_loop
+from atlantic.pool.counters import Counters
+from atlantic.pool.exchange import (
+    H2ResponseStream, auth_error, h2_connect_headers, h2_request_headers, h2_response_head,
+)
+from atlantic.pool.h2conn import H2Connection
+from atlantic.pool.http11 import ConnectionLost, H1Connection, H1ResponseStream
+from atlantic.pool.plan import ConnRecord, PoolKey, PoolPlan
+from atlantic.pool.proxyurl import ProxyConfig, ProxySnapshot, ProxyURLCache, proxy_key
+from atlantic.pool.transport import SocketStream, open_transport, proxy_tls_context
+from atlantic.pool.tunnel import WarmSet, connect_over
+
+__all__ = ["UpstreamPool"]
+
+_MAX_ATTEMPTS = 4  # stale reused connections skipped + one retry, per request
+
+
+class UpstreamPool:
+    """Warm shared connections to one upstream (``direct``, ``http://``, ``https://``).
+
+    ``proxy``: a URL, a :class:`ProxyConfig` or a :class:`ProxyURLCache` (shared with
+    whoever rotates it). ``mark``: SO_MARK for every socket. ``warm_tunnels``: ready
+    HTTP/1.1 proxy connections kept for CONNECT (0 disables). Use as ``async with`` or
+    call :meth:`start` / :meth:`aclose`.
+    """
+
+    def __init__(self, proxy: str | ProxyConfig | ProxyURLCache, *, mark: int | None = None,
+                 ca_file: str | None = None, connect_timeout: float = 10.0,
+                 queue_timeout: float = 60.0, idle_timeout: float = 90.0, max_per_key: int = 8,
+                 max_total: int = 64, warm_tunnels: int = 2, ping_interval: float = 20.0,
+                 ping_timeout: float = 10.0, early_connect_data: bool = False,
+                 clock: Callable[[], float] = time.monotonic,
+                 new_session: Callable[[], str] = lambda: secrets.token_hex(4)) -> None:
+        self.clock = clock
+        if isinstance(proxy, str):
+            proxy = ProxyConfig(proxy)
+        if isinstance(proxy, ProxyConfig):
+            proxy = ProxyURLCache(proxy, clock(), new_session)
+        self.proxy = proxy
+        self.mark, self.connect_timeout, self.queue_timeout = mark, connect_timeout, queue_timeout
+        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.early_connect_data = early_connect_data
+        self.plan = PoolPlan(max_per_key=max_per_key, max_total=max_total, idle_timeout=idle_timeout)
+        self.stats = Counters()
+        self.warm = WarmSet(warm_tunnels)
+        self._tls = proxy_tls_context(ca_file) if proxy.current.upstream.kind is UpstreamKind.HTTPS else None
+        self._conns: dict[ConnRecord, H1Connection | H2Connection] = {}
+        self._futs: dict[object, asyncio.Future] = {}
+        self._snaps: dict[PoolKey, ProxySnapshot] = {}
+        self._h1_keys: set[PoolKey] = set()  # https proxies that answered ALPN with http/1.1
+        self._tasks: set[asyncio.Task] = set()
+        self._warm_wanted = asyncio.Event()
+        self._last_tunnel = -1e18
+        self._started = False
+
+    # ---- life ----
+    async def start(self) -> None:
+        """Start the background tasks: expiry, proxy URL refresh, warm connections."""
+        self._ensure_started()
+
+    def _ensure_started(self) -> None:
+        if not self._started:
+            self._started = True
+            for loop in (expire_loop, refresh_loop, warm_loop):
+                self._spawn(loop(self))
+
+    async def __aenter__(self) -> UpstreamPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every connection and stop the background tasks (bounded: ~2 s)."""
+        for t in list(self._tasks):
+            t.cancel()
+        self.warm.close_all()
+        conns = list(self._conns.items())
+        self._conns.clear()
+        for rec, _ in conns:
+            self.plan.on_closed(rec)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await asyncio.gather(*(c.aclose() if isinstance(c, H2Connection)
+                                       else c.transport.aclose(0.5) for _, c in conns),
+                                     return_exceptions=True)
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def counters(self) -> dict:
+        """Counters (requests, connections_opened, reused, h2_streams, ...) and TTFB p50/95/99."""
+        self.stats.connections_open = len(self._conns)
+        return self.stats.snapshot()
+
+    def __repr__(self) -> str:
+        return repr(self.plan)
+
+    # ---- requests ----
+    async def request(self, head: RequestHead,
+                      body: AsyncIterator[bytes] | None) -> H1ResponseStream | H2ResponseStream:
+        """Send one request; return once the response head is in (see ``api.Pool.request``)."""
+        self._ensure_started()
+        snap = self.proxy.current
+        self.stats.requests += 1
+        retried = False
+        for _ in range(_MAX_ATTEMPTS):
+            rec, conn, reused = await self._acquire(self._key_for(snap, head.endpoint.host,
+                                                                  head.endpoint.port), snap)
+            if conn is None:
+                continue  # closed between placement and use
+            if isinstance(conn, H1Connection) and reused and conn.is_peer_closed():
+                self._drop(rec)  # closed while idle: not a retry, nothing was sent
+                continue
+            if reused:
+                self.stats.reused += 1
+            sent_at = self.clock()
+            try:
+                if isinstance(conn, H2Connection):
+                    resp = await self._h2_request(rec, conn, head, body, snap)
+                else:
+                    resp = await self._h1_request(rec, conn, head, body, snap)
+            except ConnectionLost as e:
+                if e.retryable and reused and not retried and head.is_idempotent and body is None:
+                    retried = True
+                    self.stats.retries += 1
+                    continue
+                raise RemoteProtocolError(str(e)) from None
+            self.stats.record_ttfb(sent_at, self.clock())
+            return resp
+        raise RemoteProtocolError(f"{snap.upstream}: no usable connection after {_MAX_ATTEMPTS} tries")
+
+    async def _h1_request(self, rec, conn: H1Connection, head, body, snap) -> H1ResponseStream:
+        auth = snap.proxy_authorization if conn.absolute_form else None
+        try:
+            rh = await conn.send(head, body, auth)
+        except BaseException:
+            self._release(rec, False)
+            raise
+        if rh.status == 407 and conn.absolute_form:
+            self._release(rec, False)
+            raise auth_error(snap.upstream.redacted(),
+                             f"{head.method} http://{head.endpoint.authority}{head.target}")
+        return H1ResponseStream(rh, conn, lambda reusable: self._release(rec, reusable))
+
+    async def _h2_request(self, rec, conn: H2Connection, head, body, snap) -> H2ResponseStream:
+        no_body = head.body_length == 0 or body is None and head.body_length is None
+        stream = conn.open_stream(h2_request_headers(head, snap.proxy_authorization),
+                                  end_stream=no_body, on_close=lambda: self._stream_done(rec, conn))
+        self.stats.h2_streams += 1
+        try:
+            if not no_body:
+                if body is not None:
+                    async for chunk in body:
+                        await stream.write(chunk)
+                await stream.write_eof()
+            status, headers = await stream.response()
+        except BaseException:
+            await stream.aclose(reset=True)
+            raise
+        if status == 407:
+            await stream.aclose(reset=True)
+            raise auth_error(snap.upstream.redacted(),
+                             f"{head.method} http://{head.endpoint.authority}{head.target}")
+        return H2ResponseStream(h2_response_head(status, headers, head.method), stream)
+
+    # ---- tunnels ----
+    async def open_tunnel(self, host: str, port: int) -> SocketStream:
+        """A tunnel to ``host:port``: CONNECT stream (h2), warm or cold CONNECT (h1), or direct."""
+        self._ensure_started()
+        snap = self.proxy.current
+        up = snap.upstream
+        now = self.clock()
+        if up.is_direct:
+            t = await open_transport(host, port, now=now, mark=self.mark,
+                                     timeout=self.connect_timeout, what="target")
+            self.stats.tunnels_cold += 1
+            self.stats.connections_opened += 1
+            return SocketStream(t)
+        self._last_tunnel = now
+        key = snap.key
+        if up.kind is UpstreamKind.HTTPS and key not in self._h1_keys:
+            for _ in range(_MAX_ATTEMPTS):
+                rec, conn, reused = await self._acquire(key, snap)
+                if conn is None:
+                    continue
+                if isinstance(conn, H2Connection):
+                    try:
+                        return await self._h2_tunnel(rec, conn, host, port, snap, reused)
+                    except ConnectionLost as e:
+                        if e.retryable:
+                            continue
+                        raise RemoteProtocolError(str(e)) from None
+                # ALPN chose http/1.1: this fresh connection becomes the tunnel
+                self.plan.on_closed(rec)
+                self._conns.pop(rec, None)
+                self.stats.tunnels_cold += 1
+                return await self._connect(conn.transport, host, port, snap)
+            raise RemoteProtocolError(f"proxy {up}: no usable HTTP/2 connection for CONNECT")
+        t = self.warm.take(key, now)
+        if t is None and (rec := self.plan.take_idle(key)) is not None:
+            t = self._conns.pop(rec).transport  # an idle keep-alive connection is warm too
+        self._warm_wanted.set()
+        if t is not None:
+            self.stats.tunnels_warm += 1
+            try:
+                return await self._connect(t, host, port, snap)
+            except RemoteProtocolError:
+                self.stats.retries += 1  # closed by the proxy just now: one cold try
+        self.stats.tunnels_cold += 1
+        return await self._connect(await self._open(key, snap), host, port, snap)
+
+    async def _connect(self, t, host, port, snap) -> SocketStream:
+        return await connect_over(t, host, port, snap.proxy_authorization,
+                                  proxy=snap.upstream.redacted(), timeout=self.connect_timeout,
+                                  early=self.early_connect_data)
+
+    async def _h2_tunnel(self, rec, conn: H2Connection, host, port, snap, reused):
+        authority = format_authority(host, port)
+        stream = conn.open_stream(h2_connect_headers(authority, snap.proxy_authorization),
+                                  end_stream=False, on_close=lambda: self._stream_done(rec, conn))
+        self.stats.h2_streams += 1
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                status, headers = await stream.response()
+            raise_for_status(ConnectResponse(status, "", tuple(headers)),
+                             proxy=snap.upstream.redacted(), target=authority)
+        except TimeoutError:
+            await stream.aclose(reset=True)
+            raise UpstreamTimeoutError(f"proxy {snap.upstream} did not answer CONNECT "
+                                       f"{authority} within {self.connect_timeout:g} s") from None
+        except BaseException:
+            await stream.aclose(reset=True)
+            raise
+        if reused:
+            self.stats.tunnels_warm += 1
+        else:
+            self.stats.tunnels_cold += 1
+        return stream
+
+    # ---- connections ----
+    def _key_for(self, snap: ProxySnapshot, host: str, port: int) -> PoolKey:
+        if snap.upstream.is_direct:
+            key = proxy_key(snap.upstream, None, f"{host}:{port}")
+        else:
+            key = snap.key
+        self._snaps.setdefault(key, snap)
+        return key
+
+    async def _acquire(self, key: PoolKey, snap: ProxySnapshot):
+        """Wait for a placement: ``(record, connection, reused)``."""
+        self._snaps.setdefault(key, snap)
+        if snap.upstream.kind is UpstreamKind.HTTPS and key not in self._h1_keys:
+            self.plan.h2_keys.add(key)  # ALPN offers h2 first: open one, not one per request
+        waiter = self.plan.enqueue(key, self.clock())
+        fut = asyncio.get_running_loop().create_future()
+        self._futs[waiter] = fut
+        self._assign()
+        try:
+            async with asyncio.timeout(self.queue_timeout + self.connect_timeout):
+                rec = await asyncio.shield(fut)
+        except BaseException as e:
+            self._futs.pop(waiter, None)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result(), True)
+            elif waiter in self.plan.waiting:
+                self.plan.cancel(waiter, self.clock())
+            else:
+                fut.cancel()  # the opener releases the connection when it sees this
+            if isinstance(e, TimeoutError):
+                raise UpstreamTimeoutError(f"{snap.upstream}: no upstream connection within "
+                                           f"{self.queue_timeout + self.connect_timeout:g} s") from None
+            raise
+        conn = self._conns.get(rec)
+        if conn is None:
+            self.plan.release(rec, self.clock(), reusable=False)
+        return rec, conn, waiter.reused
+
+    def _assign(self) -> None:
+        now = self.clock()
+        plan = self.plan.assign(now)
+        for rec in plan.to_close:
+            self._drop(rec)
+        for a in plan.assigned:
+            fut = self._futs.pop(a.waiter, None)
+            if a.is_new:
+                self._spawn(self._open_for(a.conn, fut))
+            elif fut is None or fut.done():
+                self.plan.release(a.conn, now, reusable=True)
+            else:
+                fut.set_result(a.conn)
+
+    async def _open(self, key: PoolKey, snap: ProxySnapshot):
+        up = snap.upstream
+        if up.is_direct:
+            host, _, port = key.origin.rpartition(":")
+            return await open_transport(host.strip("[]"), int(port), now=self.clock(), mark=self.mark,
+                                        timeout=self.connect_timeout, what="origin")
+        return await open_transport(up.host, up.port, now=self.clock(), mark=self.mark,
+                                    tls=self._tls if up.kind is UpstreamKind.HTTPS else None,
+                                    timeout=self.connect_timeout, what=f"proxy {up}")
+
+    async def _open_for(self, rec: ConnRecord, fut: asyncio.Future | None) -> None:
+        snap = self._snaps[rec.key]
+        try:
+            t = await self._open(rec.key, snap)
+            name = f"proxy {snap.upstream}" if not snap.upstream.is_direct else f"origin {rec.key.origin}"
+            if t.alpn == "h2":
+                conn = H2Connection(t, name=name, clock=self.clock, on_event=lambda ev: self._h2_event(rec, ev),
+                                    ping_interval=self.ping_interval, ping_timeout=self.ping_timeout)
+                self._conns[rec] = conn
+                await conn.start(self.connect_timeout)
+                self.plan.on_connected(rec, self.clock(), http2=True, max_streams=conn.max_streams)
+            else:
+                if snap.upstream.kind is UpstreamKind.HTTPS:
+                    self._h1_keys.add(rec.key)
+                self._conns[rec] = H1Connection(t, absolute_form=not snap.upstream.is_direct, name=name)
+                self.plan.on_connected(rec, self.clock(), http2=False)
+            self.stats.connections_opened += 1
+        except BaseException as e:
+            self._conns.pop(rec, None)
+            self.plan.on_closed(rec)
+            if fut is not None and not fut.done():
+                fut.set_exception(e if isinstance(e, Exception) else UpstreamError("cancelled"))
+            self._assign()
+            if not isinstance(e, Exception):
+                raise
+            return
+        if fut is None or fut.done():
+            self.plan.release(rec, self.clock(), reusable=True)
+        else:
+            fut.set_result(rec)
+        self._assign()
+
+    def _h2_event(self, rec: ConnRecord, event: str) -> None:
+        conn = self._conns.get(rec)
+        if event == "settings" and isinstance(conn, H2Connection):
+            self.plan.update_max_streams(rec, conn.max_streams)
+        elif event == "goaway":
+            self.plan.on_goaway(rec)
+            if rec.active == 0:
+                self._drop(rec)
+        elif event == "closed":
+            self._conns.pop(rec, None)
+            self.plan.on_closed(rec)
+        self._assign()
+
+    def _stream_done(self, rec: ConnRecord, conn: H2Connection) -> None:
+        self.plan.release(rec, self.clock(), reusable=True)
+        if conn.goaway and rec.active == 0:
+            self._drop(rec)
+        self._assign()
+
+    def _release(self, rec: ConnRecord, reusable: bool) -> None:
+        self.plan.release(rec, self.clock(), reusable=reusable)
+        if not reusable:
+            self._drop(rec)
+        self._assign()
+
+    def _drop(self, rec: ConnRecord) -> None:
+        """Close a connection and forget it (idempotent)."""
+        self.plan.on_closed(rec)
+        conn = self._conns.pop(rec, None)
+        if conn is None:
+            return
+        if isinstance(conn, H2Connection):
+            self._spawn(conn.aclose())
+        else:
+            self._spawn(conn.transport.aclose(0.5))
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
