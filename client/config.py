@@ -47,11 +47,31 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
-    """Where flows go: ``direct`` or a proxy URL (the password never printed)."""
+    """Where flows go: ``direct`` or a proxy URL (the password never printed).
+
+    ``username_template`` renders provider usernames such as
+    ``customer-{user}-cc-{country}-sessid-{session}-sesstime-{minutes}``; with
+    ``session_minutes`` the session is sticky for that long, then rotated.
+    """
 
     url: str = "direct"
     password_file: Path | None = None
     connect_timeout_s: float = 10.0
+    ca_file: Path | None = None
+    username_template: str | None = None
+    country: str | None = None
+    session_minutes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """The shared upstream connection pool."""
+
+    idle_timeout_s: float = 90.0
+    max_per_endpoint: int = 8
+    max_connections: int = 64
+    warm_tunnels: int = 2
+    ping_interval_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +107,7 @@ class Config:
     """The whole, validated configuration."""
 
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     tun: TunConfig = field(default_factory=TunConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -155,13 +176,45 @@ def _read_upstream(table: dict[str, Any], problems: list[ConfigProblem]) -> Upst
     url = r.get("url", str, "direct", "a URL: direct, http://user@host:port or https://user@host:port")
     pw = r.get("password_file", str, None, "a path to a file holding the proxy password")
     timeout = r.number("connect_timeout_s", 10.0, 0.1, 120)
+    ca = r.get("ca_file", str, None, "a path to a PEM file of CA certificates for an https:// proxy")
+    template = r.get("username_template", str, None,
+                     "a username template such as customer-{user}-cc-{country}-sessid-{session}")
+    country = r.get("country", str, None, "a country code such as us")
+    minutes = r.get("session_minutes", int, None, "whole minutes a sticky session lasts")
+    if minutes is not None and not 1 <= minutes <= 1440:
+        problems.append(ConfigProblem("upstream.session_minutes", f"expected whole minutes from 1 to 1440, got {minutes}"))
+        minutes = None
     r.unknown_keys()
     try:
         parse_upstream(url)
     except ValueError as exc:
         problems.append(ConfigProblem("upstream.url", str(exc)))
         url = "direct"
-    return UpstreamConfig(url=url, password_file=Path(pw) if pw else None, connect_timeout_s=float(timeout))
+    if template is not None:
+        from atlantic.pool.proxyurl import ProxyConfig, render_snapshot
+
+        params = {"country": country} if country else {}
+        try:
+            render_snapshot(ProxyConfig(url, template, params, minutes), 0.0, "session")
+        except ValueError as exc:
+            problems.append(ConfigProblem("upstream.username_template", str(exc)))
+            template = None
+    return UpstreamConfig(url=url, password_file=Path(pw) if pw else None, connect_timeout_s=float(timeout),
+                          ca_file=Path(ca) if ca else None, username_template=template, country=country,
+                          session_minutes=minutes)
+
+
+def _read_pool(table: dict[str, Any], problems: list[ConfigProblem]) -> PoolConfig:
+    r = _Reader(table, "pool", problems)
+    cfg = PoolConfig(
+        idle_timeout_s=float(r.number("idle_timeout_s", 90.0, 1, 3600)),
+        max_per_endpoint=r.number("max_per_endpoint", 8, 1, 1024, integer=True),
+        max_connections=r.number("max_connections", 64, 1, 4096, integer=True),
+        warm_tunnels=r.number("warm_tunnels", 2, 0, 64, integer=True),
+        ping_interval_s=float(r.number("ping_interval_s", 20.0, 1, 600)),
+    )
+    r.unknown_keys()
+    return cfg
 
 
 def _read_tun(table: dict[str, Any], problems: list[ConfigProblem]) -> TunConfig:
@@ -220,11 +273,12 @@ def parse_config(text: str, source: str = "<config>") -> tuple[Config, list[Conf
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         return Config(source=source), [ConfigProblem("(file)", f"not valid TOML: {exc}")]
-    sections = {"upstream", "tun", "routing", "daemon"}
+    sections = {"upstream", "pool", "tun", "routing", "daemon"}
     for key in sorted(set(raw) - sections):
         problems.append(ConfigProblem(key, "unknown section or key (expected one of: " + ", ".join(sorted(sections)) + ")"))
     cfg = Config(
         upstream=_read_upstream(_section(raw, "upstream", problems), problems),
+        pool=_read_pool(_section(raw, "pool", problems), problems),
         tun=_read_tun(_section(raw, "tun", problems), problems),
         routing=_read_routing(_section(raw, "routing", problems), problems),
         daemon=_read_daemon(_section(raw, "daemon", problems), problems),

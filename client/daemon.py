@@ -21,8 +21,10 @@ from atlantic.client.config import Config
 from atlantic.client.control import serve_control
 from atlantic.client.state import StatePaths, remove_state, write_state
 from atlantic.forwarder.dispatch import Dispatcher
-from atlantic.forwarder.upstream import Upstream, parse_upstream
+from atlantic.forwarder.upstream import parse_upstream
 from atlantic.interceptor import routing
+from atlantic.pool.pool import UpstreamPool
+from atlantic.pool.proxyurl import ProxyConfig
 
 log = logging.getLogger("atlantic")
 
@@ -37,15 +39,29 @@ def run_daemon(cfg: Config, upstream_url: str) -> None:
         level=getattr(logging, cfg.daemon.log_level.upper()),
         format="%(asctime)s atlantic[%(process)d] %(levelname)s %(message)s",
     )
-    asyncio.run(Daemon(cfg, parse_upstream(upstream_url)).run())
+    asyncio.run(Daemon(cfg, upstream_url).run())
+
+
+def make_pool(cfg: Config, upstream_url: str) -> UpstreamPool:
+    """The shared upstream pool, as the config describes it."""
+    up = cfg.upstream
+    proxy = ProxyConfig(upstream_url, up.username_template,
+                        {"country": up.country} if up.country else {}, up.session_minutes)
+    return UpstreamPool(
+        proxy, mark=cfg.routing.fwmark, ca_file=str(up.ca_file) if up.ca_file else None,
+        connect_timeout=up.connect_timeout_s, idle_timeout=cfg.pool.idle_timeout_s,
+        max_per_key=cfg.pool.max_per_endpoint, max_total=cfg.pool.max_connections,
+        warm_tunnels=cfg.pool.warm_tunnels, ping_interval=cfg.pool.ping_interval_s,
+    )
 
 
 class Daemon:
     """One running instance in the current network namespace."""
 
-    def __init__(self, cfg: Config, upstream: Upstream):
+    def __init__(self, cfg: Config, upstream_url: str):
         self.cfg = cfg
-        self.upstream = upstream
+        self.upstream_url = upstream_url
+        self.upstream = parse_upstream(upstream_url)
         self.paths = StatePaths.for_namespace(cfg.daemon.state_dir)
         self.started = time.monotonic()
         self.stopping = asyncio.Event()
@@ -56,6 +72,7 @@ class Daemon:
         self.virtual_client = str(hosts[0])
         self.prefixlen = iface.network.prefixlen
         self.stack = None
+        self.pool: UpstreamPool | None = None
         self.dispatcher: Dispatcher | None = None
         self.ready = False  # routing applied: `up` returns only then
 
@@ -94,12 +111,10 @@ class Daemon:
                 prefixlen=self.prefixlen,
             )
             self.stack.start()
-            self.dispatcher = Dispatcher(
-                self.upstream, self.stack.lookup,
-                mark=cfg.routing.fwmark,
-                connect_timeout=cfg.upstream.connect_timeout_s,
-                idle_timeout=cfg.daemon.idle_timeout_s,
-            )
+            self.pool = make_pool(cfg, self.upstream_url)
+            await self.pool.start()
+            self.dispatcher = Dispatcher(self.upstream, self.stack.lookup, self.pool,
+                                         idle_timeout=cfg.daemon.idle_timeout_s)
             servers = [
                 await self.dispatcher.serve(listener),
                 await serve_control(self.paths.control_socket, {
@@ -122,6 +137,8 @@ class Daemon:
                 server.close()
             if self.dispatcher is not None:
                 await self.dispatcher.aclose(DRAIN_TIMEOUT_S)
+            if self.pool is not None:
+                await self.pool.aclose()
             if listener is not None:
                 listener.close()
             failures = await asyncio.to_thread(routing.restore, record)

@@ -1,11 +1,19 @@
-"""The listener side of the forwarder: accept captured flows and send each through a tunnel.
+"""The listener side of the forwarder: accept captured flows and carry each over the pool.
 
 The system stack hands every captured TCP flow to one listening socket; the peer port
 of an accepted connection is the NAT port, and ``lookup(port)`` says where the
-application was going. Each flow becomes a tunnel (``direct`` or HTTP CONNECT) relayed
-both ways. A flow that cannot be carried (no NAT entry, proxy refusal, dead proxy) is
-reset at once, so the application fails fast; the reason is logged once per kind of
-failure (not per flow) and shown in ``status``.
+application was going. The first bytes decide the way (``sniff``):
+
+- an HTTP/1.x request: the request relay (``serve_http``), every request over the
+  shared pool's warm connections;
+- a TLS ClientHello: a tunnel to the SNI name (through a proxy, so the name resolves
+  at the exit node), over a warm CONNECT connection or an HTTP/2 stream;
+- anything else, or silence (server-first protocols): a tunnel to the destination.
+
+Tunnels over plain sockets are relayed with ``os.splice``; HTTP/2 streams and TLS to
+the proxy through Python. A flow that cannot be carried (no NAT entry, proxy refusal,
+dead proxy) is reset at once, so the application fails fast; the reason is logged once
+per kind of failure (not per flow) and shown in ``status``.
 """
 
 from __future__ import annotations
@@ -18,9 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from atlantic.forwarder.errors import UpstreamError
+from atlantic.forwarder.http1 import HttpCounters, serve_http
 from atlantic.forwarder.relay import RelayCounters, abort_socket, relay
-from atlantic.forwarder.tunnel import open_tunnel
+from atlantic.forwarder.sniff import FlowKind, sniff
+from atlantic.forwarder.stream_relay import relay_stream
 from atlantic.forwarder.upstream import Upstream
+from atlantic.pool.api import Pool
 
 log = logging.getLogger("atlantic.forwarder")
 
@@ -42,14 +53,14 @@ class ErrorNote:
 class Dispatcher:
     """Accepts captured flows, tunnels each to the upstream, keeps the flow counters."""
 
-    def __init__(self, upstream: Upstream, lookup: Lookup, *, mark: int | None,
-                 connect_timeout: float, idle_timeout: float):
+    def __init__(self, upstream: Upstream, lookup: Lookup, pool: Pool, *, idle_timeout: float):
         self.upstream = upstream
         self.lookup = lookup
-        self.mark = mark
-        self.connect_timeout = connect_timeout
+        self.pool = pool
         self.idle_timeout = idle_timeout
         self.relay_counters = RelayCounters()
+        self.http_counters = HttpCounters()
+        self.kinds = {kind.value: 0 for kind in FlowKind}
         self.flows_total = self.flows_failed = 0
         self.errors: dict[str, ErrorNote] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -103,9 +114,28 @@ class Dispatcher:
             self.note_error(f"no NAT entry for listener peer port {nat_port}")
             abort_socket(sock)
             return
-        _src, (host, port) = flow
+        _src, (ip, port) = flow
         try:
-            tunnel = await open_tunnel(self.upstream, host, port, mark=self.mark, timeout=self.connect_timeout)
+            sniffed = await sniff(sock)
+        except OSError:
+            sock.close()  # the application went away before saying anything
+            return
+        except asyncio.CancelledError:
+            abort_socket(sock)
+            raise
+        self.kinds[sniffed.kind.value] += 1
+        if sniffed.kind is FlowKind.HTTP:
+            await serve_http(sock, sniffed.data, (ip, port), self.pool, counters=self.http_counters,
+                             idle_timeout=self.idle_timeout, note_error=self.note_error)
+            return
+        # Through a proxy, the SNI name travels so the exit node resolves it; direct
+        # connects to the address the application chose.
+        host = sniffed.sni if sniffed.sni and not self.upstream.is_direct else ip
+        await self._tunnel(sock, host, port, sniffed.data)
+
+    async def _tunnel(self, sock: socket.socket, host: str, port: int, first_up: bytes) -> None:
+        try:
+            stream = await self.pool.open_tunnel(host, port)
         except UpstreamError as exc:
             self.flows_failed += 1
             self.note_error(str(exc))
@@ -114,7 +144,18 @@ class Dispatcher:
         except asyncio.CancelledError:
             abort_socket(sock)
             raise
-        await relay(sock, tunnel, idle_timeout=self.idle_timeout, counters=self.relay_counters)
+        detached = stream.detach() if hasattr(stream, "detach") else None
+        if detached is not None:
+            upstream_sock, leftover = detached
+            await relay(sock, upstream_sock, self.relay_counters, idle_timeout=self.idle_timeout,
+                        to_upstream=first_up, to_app=leftover)
+            return
+        try:
+            result = await relay_stream(sock, stream, first_up=first_up, idle_timeout=self.idle_timeout)
+            self.relay_counters.bytes_up += result.bytes_up
+            self.relay_counters.bytes_down += result.bytes_down
+        finally:
+            sock.close()
 
     def note_error(self, message: str) -> None:
         """Count a failure; log it the first time and then at most once a minute."""
@@ -135,12 +176,17 @@ class Dispatcher:
 
     def counters(self) -> dict:
         """Flow counters and the latest error, for ``status``."""
+        http = self.http_counters
         report = {
             "flows_open": self.flows_open,
             "flows_total": self.flows_total,
-            "flows_failed": self.flows_failed,
-            "bytes_up": self.relay_counters.bytes_up,
-            "bytes_down": self.relay_counters.bytes_down,
+            "flows_failed": self.flows_failed + http.upstream_errors,
+            "flow_kinds": dict(self.kinds),
+            "bytes_up": self.relay_counters.bytes_up + http.bytes_up,
+            "bytes_down": self.relay_counters.bytes_down + http.bytes_down,
+            "http": {"requests": http.requests, "bad_requests": http.bad_requests,
+                     "upstream_errors": http.upstream_errors, "aborted": http.aborted, "tunnels": http.tunnels},
+            "pool": self.pool.counters(),
         }
         if self.errors:
             last = max(self.errors.values(), key=lambda n: n.last)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 import struct
@@ -139,6 +140,28 @@ class SocketStream:
         if self._t.writer.get_extra_info("ssl_object") is not None:
             return None
         return self._t.writer.get_extra_info("socket")
+
+    def detach(self) -> tuple[socket.socket, bytes] | None:
+        """Take a plain socket out of asyncio so a relay can ``os.splice`` it.
+
+        Returns a new socket object for the same connection and the bytes already read
+        from it, or None over TLS (there the bytes must pass through Python). The
+        stream is unusable afterwards; the caller owns the socket.
+        """
+        if self._closed or self.socket is None:
+            return None
+        transport = self._t.writer.transport
+        transport.pause_reading()
+        # StreamReader has no public "take what is buffered"; read it without waiting.
+        buffered = bytes(getattr(self._t.reader, "_buffer", b""))
+        raw = transport.get_extra_info("socket")
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        sock.setblocking(False)
+        transport.abort()  # closes asyncio's descriptor only: the dup keeps the connection
+        self._closed = True
+        if self._on_close is not None:
+            self._on_close()
+        return sock, self._first + buffered
 
     async def read(self, max_bytes: int = 262144) -> bytes:
         """Up to ``max_bytes``; ``b""`` at end of stream."""

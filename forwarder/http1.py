@@ -1,0 +1,358 @@
+"""The HTTP/1.x request relay: the application talks to us as if we were the origin.
+
+Thin async adapter around h11 (server side) and the shared pool: each request the
+application sends becomes one ``pool.request()``; the response streams back with
+framing chosen by h11. An application that opens a new connection per request still
+rides the pool's warm upstream connections.
+
+- One request at a time: the next pipelined request is read only after the response
+  went out (bytes already read stay buffered inside h11).
+- Backpressure: one body buffer in flight per direction; the response is pulled from
+  the pool only as fast as ``sock_sendall`` drains it to the application.
+- ``Expect: 100-continue`` is answered by us when the pool first pulls the body: the
+  pool interface carries no interim responses, so waiting for the upstream's 100 would
+  stall the application until its own timeout (curl: 1 s). The header is not forwarded.
+- CONNECT and ``Upgrade`` requests turn the flow into a tunnel: ``pool.open_tunnel()``
+  to the origin and the request bytes replayed exactly as the application sent them.
+- Failures before the response head become a one-line plain-text error response
+  (502/504, or 400 for a malformed request), then the connection closes. A failure
+  mid-body resets the application's connection, so a truncated body never looks whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import h11
+
+from atlantic.forwarder.errors import RemoteProtocolError, UpstreamError
+from atlantic.forwarder.http1_body import RequestBody, body_length
+from atlantic.forwarder.http1_heads import (
+    BadRequest,
+    ErrorReply,
+    bad_request_reply,
+    error_reply,
+    is_tunnel_request,
+    request_head,
+    response_headers,
+    split_host,
+)
+from atlantic.forwarder.stream_relay import relay_stream
+from atlantic.pool.api import Pool, ResponseStream
+
+__all__ = ["HttpCounters", "serve_http"]
+
+log = logging.getLogger("atlantic.forwarder")
+
+RECV_SIZE = 65536
+READ_SIZE = 262144  # one response buffer; the socket's send buffer holds the rest
+LINGER_S = 2.0  # after our FIN, read what the application still sends so it sees no RST
+LINGER_BYTES = 16 * 1024 * 1024
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_NO_BODY_STATUS = (204, 304)
+
+
+@dataclass(slots=True)
+class HttpCounters:
+    """Counters of the request relay, shared by every flow (mutable, no lock: one loop)."""
+
+    connections: int = 0
+    requests: int = 0
+    bad_requests: int = 0
+    upstream_errors: int = 0
+    aborted: int = 0  # failures mid-body: the application's connection was reset
+    tunnels: int = 0  # CONNECT / Upgrade requests turned into tunnels
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class _Abort(Exception):
+    """The flow cannot continue: reset the application's connection."""
+
+
+async def serve_http(
+    sock: socket.socket,
+    first_bytes: bytes,
+    dst: tuple[str, int],
+    pool: Pool,
+    *,
+    counters: HttpCounters | None = None,
+    idle_timeout: float = 120.0,
+    note_error: Callable[[str], None] | None = None,
+) -> None:
+    """Serve HTTP/1.x requests on the application's connection until it closes.
+
+    ``sock`` is the accepted, non-blocking socket (closed on return); ``first_bytes``
+    what sniffing already read; ``dst`` the original destination (host, port);
+    ``note_error`` receives one line per upstream failure (for logging and status).
+    Never raises except CancelledError.
+    """
+    flow = _Flow(sock, dst, pool, counters or HttpCounters(), idle_timeout, note_error)
+    flow.counters.connections += 1
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the head must not wait for Nagle
+    except OSError:
+        pass
+    mode = "reset"
+    try:
+        mode = await flow.run(first_bytes)
+    except _Abort:
+        flow.counters.aborted += 1
+    except OSError:
+        mode = "close"
+    except Exception as exc:  # noqa: BLE001 - a bug must cost one flow, not the daemon's log
+        flow.counters.aborted += 1
+        if note_error is not None:
+            note_error(f"request relay failed ({type(exc).__name__}: {exc}); the connection was reset")
+    finally:
+        await flow.close(mode)
+
+
+class _Flow:
+    """One application connection: an h11 server connection and its socket."""
+
+    def __init__(self, sock, dst, pool, counters, idle_timeout, note_error):
+        self.sock = sock
+        self.dst = dst
+        self.pool = pool
+        self.counters = counters
+        self.idle_timeout = idle_timeout
+        self.note_error = note_error
+        self.loop = asyncio.get_running_loop()
+        self.conn = h11.Connection(h11.SERVER)
+        self.raw: list[bytes] | None = []  # bytes of the current request until its head parsed
+        self.body: RequestBody | None = None
+
+    async def run(self, first_bytes: bytes) -> str:
+        """Serve requests; returns how to close: "graceful", "close" or "reset"."""
+        conn = self.conn
+        if first_bytes:
+            self.feed(first_bytes)
+        while True:
+            try:
+                event = await self.next_event()
+            except h11.RemoteProtocolError as exc:
+                return await self.reply_bad_request(exc)
+            if not isinstance(event, h11.Request):
+                return "close"  # ConnectionClosed (or PAUSED, which we never ask for)
+            raw, self.raw = self.raw, None
+            keep_going = await self.handle(event, raw)
+            if not keep_going:
+                return "graceful"
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+                return "graceful"
+            pending = conn.trailing_data[0]
+            self.raw = [pending] if pending else []
+            conn.start_next_cycle()
+
+    def feed(self, data: bytes) -> None:
+        """Hand received bytes to h11 (b"" is EOF); keep them while a request head is read."""
+        if self.raw is not None and data:
+            self.raw.append(data)
+        self.conn.receive_data(data)
+
+    async def recv(self) -> bytes:
+        """The application's next bytes (b"" at EOF), bounded by the idle timeout."""
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                return await self.loop.sock_recv(self.sock, RECV_SIZE)
+        except (ConnectionError, TimeoutError):
+            return b""
+
+    async def next_event(self):
+        """The next h11 event, reading from the socket as needed."""
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.feed(await self.recv())
+
+    async def handle(self, request: h11.Request, raw: list[bytes]) -> bool:
+        """Relay one request; False once the connection must close."""
+        counters = self.counters
+        counters.requests += 1
+        method = request.method.decode("ascii")
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw_items()]
+        if is_tunnel_request(method, headers):
+            return await self.tunnel(method, headers, b"".join(raw))
+        length = body_length(request)
+        try:
+            head = request_head(method, request.target.decode("latin-1"), headers, self.dst, length)
+        except BadRequest as exc:
+            counters.bad_requests += 1
+            await self.reply(bad_request_reply(str(exc)))
+            return False
+        if length == 0:
+            body = None
+            self.conn.next_event()  # the EndOfMessage h11 already holds: no I/O
+        else:
+            body = RequestBody(self)
+        self.body = body
+        try:
+            stream = await self.pool.request(head, body)
+        except _Abort:
+            raise  # the application went away while we sent it 100 Continue
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a response, never a traceback
+            if body is not None and body.app_error is not None:
+                await self.reply_bad_request(body.app_error)
+                return False
+            self.upstream_failed(exc)
+            await self.reply(error_reply(exc))
+            return False
+        finally:
+            if body is not None:
+                body.abandon_if_running()
+        try:
+            await self.send_response(stream, method)
+        finally:
+            try:
+                await stream.aclose()
+            except Exception:  # noqa: BLE001 - the response already went out (or the flow is reset)
+                pass
+        return True
+
+    async def send_response(self, stream: ResponseStream, method: str) -> None:
+        """Stream the response head and body to the application (h11 frames it)."""
+        conn, counters = self.conn, self.counters
+        rh = stream.head
+        try:
+            if not 200 <= rh.status <= 999:
+                raise h11.LocalProtocolError(f"unexpected status {rh.status}")
+            data = conn.send(
+                h11.Response(
+                    status_code=rh.status,
+                    headers=response_headers(rh, method),
+                    reason=rh.reason.encode("latin-1", "replace"),
+                )
+            )
+        except (h11.LocalProtocolError, ValueError) as exc:
+            exc = RemoteProtocolError(f"response head cannot be relayed: {exc}")
+            self.upstream_failed(exc)
+            await self.reply(error_reply(exc))
+            return
+        await self.sendall(data)
+        if method == "HEAD" or rh.status in _NO_BODY_STATUS:
+            try:
+                await stream.read(1)  # b"": marks the body complete, so the pool reuses its connection
+            except Exception:  # noqa: BLE001 - the app has its response; the pool closes that connection
+                pass
+        else:
+            while True:
+                try:
+                    chunk = await stream.read(READ_SIZE)
+                except Exception as exc:  # noqa: BLE001 - mid-body: all we can do is reset
+                    self.upstream_failed(exc)
+                    raise _Abort from exc
+                if not chunk:
+                    break
+                try:
+                    pieces = conn.send_with_data_passthrough(h11.Data(data=chunk))
+                except h11.LocalProtocolError as exc:  # more bytes than Content-Length said
+                    self.upstream_failed(exc)
+                    raise _Abort from exc
+                counters.bytes_down += len(chunk)
+                await self.sendall(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        try:
+            data = conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:  # fewer bytes than Content-Length said
+            self.upstream_failed(exc)
+            raise _Abort from exc
+        if data:
+            await self.sendall(data)
+
+    async def sendall(self, data: bytes) -> None:
+        """Write to the application; it going away ends the flow."""
+        try:
+            await self.loop.sock_sendall(self.sock, data)
+        except OSError as exc:
+            raise _Abort from exc
+
+    async def tunnel(self, method: str, headers: list[tuple[str, str]], raw: bytes) -> bool:
+        """Switch the flow to a byte tunnel to the origin; the request bytes go first."""
+        host, port = self.dst
+        if method != "CONNECT":
+            host_value = next((v for n, v in headers if n.lower() == "host"), None)
+            if host_value:
+                try:
+                    host = split_host(host_value)[0]
+                except BadRequest as exc:
+                    self.counters.bad_requests += 1
+                    await self.reply(bad_request_reply(str(exc)))
+                    return False
+        try:
+            stream = await self.pool.open_tunnel(host, port)
+        except Exception as exc:  # noqa: BLE001 - becomes the application's error response
+            self.upstream_failed(exc)
+            await self.reply(error_reply(exc))
+            return False
+        self.counters.tunnels += 1
+        result = await relay_stream(self.sock, stream, first_up=raw, idle_timeout=self.idle_timeout)
+        self.counters.bytes_up += result.bytes_up
+        self.counters.bytes_down += result.bytes_down
+        if result.reason != "closed":
+            raise _Abort  # an error or idle end: the application must not read it as a clean close
+        return False
+
+    async def reply(self, reply: ErrorReply) -> None:
+        """Send one of our own responses if h11 still lets us start one."""
+        conn = self.conn
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            raise _Abort  # a response is already under way: only a reset tells the app
+        try:
+            data = conn.send(h11.Response(status_code=reply.status, headers=reply.headers(), reason=reply.reason.encode()))
+            data += conn.send(h11.Data(data=reply.body)) + conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            raise _Abort from exc
+        await self.sendall(data)
+
+    async def reply_bad_request(self, exc: h11.RemoteProtocolError) -> str:
+        """400 (or h11's hint) for a malformed request, then close."""
+        self.counters.bad_requests += 1
+        await self.reply(bad_request_reply(str(exc), exc.error_status_hint))
+        return "graceful"
+
+    def upstream_failed(self, exc: BaseException) -> None:
+        """Count a failure on the pool side; pass its one-line reason on; log bugs in full."""
+        self.counters.upstream_errors += 1
+        if not isinstance(exc, (UpstreamError, OSError, h11.LocalProtocolError)):
+            log.error("request relay: unexpected error from the pool", exc_info=exc)
+        if self.note_error is not None:
+            self.note_error(error_reply(exc).body.decode().strip())
+
+    async def close(self, mode: str) -> None:
+        """Close the application's socket: lingering (graceful), plain, or with an RST."""
+        if self.body is not None:
+            self.body.abandon_if_running()
+        sock = self.sock
+        if mode == "reset":
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        try:
+            if mode == "graceful":
+                await _lingering_close(self.loop, sock)
+        finally:
+            sock.close()
+
+
+async def _lingering_close(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """FIN first, then read and drop what the application still sends (bounded), so that
+    closing with unread bytes does not RST away a response it has not read yet."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(LINGER_S):
+            drained = 0
+            while drained < LINGER_BYTES:
+                data = await loop.sock_recv(sock, RECV_SIZE)
+                if not data:
+                    return
+                drained += len(data)
+    except (OSError, TimeoutError):
+        pass

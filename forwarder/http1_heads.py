@@ -1,0 +1,217 @@
+"""HTTP/1.x heads between the application and the pool, sans-I/O.
+
+Pure core of the request relay (:mod:`.http1`): what the application sent becomes a
+:class:`~atlantic.pool.api.RequestHead` (origin-form target, end-to-end headers, the
+origin named by the Host header), a :class:`~atlantic.pool.api.ResponseHead` becomes
+the headers h11 sends back, and an upstream failure becomes a one-line plain-text
+error response that says who is at fault.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from atlantic.forwarder.errors import (
+    RemoteProtocolError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRefusedError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
+from atlantic.pool.api import Endpoint, Headers, RequestHead, ResponseHead
+
+__all__ = [
+    "HOP_BY_HOP",
+    "BadRequest",
+    "ErrorReply",
+    "bad_request_reply",
+    "end_to_end",
+    "error_reply",
+    "is_tunnel_request",
+    "request_head",
+    "response_headers",
+    "split_host",
+]
+
+# RFC 9110 §7.6.1 plus the proxy-only fields; Expect is answered by us (see http1.py).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
+)
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class BadRequest(ValueError):
+    """The application's request cannot be relayed; the message is the 400 body."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """A response Atlantic writes itself: status, reason phrase and a one-line body."""
+
+    status: int
+    reason: str
+    body: bytes
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Plain text, length known, connection closed afterwards."""
+        return [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(self.body))),
+            ("Connection", "close"),
+            ("Cache-Control", "no-store"),
+        ]
+
+
+def end_to_end(headers: list[tuple[str, str]], *, drop_expect: bool = False) -> Headers:
+    """``headers`` without hop-by-hop fields nor the fields ``Connection`` names."""
+    named: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            named.update(t.strip().lower() for t in value.split(","))
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in named:
+            continue
+        if drop_expect and lname == "expect":
+            continue
+        out.append((name, value))
+    return tuple(out)
+
+
+def split_host(authority: str) -> tuple[str, int | None]:
+    """``host[:port]`` (IPv6 in brackets) into a lowercase host and the port or None."""
+    authority = authority.strip()
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            raise BadRequest(f"bad Host {authority!r}: unclosed IPv6 bracket")
+        host, rest = authority[1:end], authority[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise BadRequest(f"bad Host {authority!r}: not an IPv6 address") from None
+    else:
+        host, sep, port = authority.rpartition(":")
+        if not sep:
+            host, rest = authority, ""
+        else:
+            rest = ":" + port
+    port_value = None
+    if rest:
+        if not rest.startswith(":") or not rest[1:].isdigit() or not 0 < int(rest[1:]) < 65536:
+            raise BadRequest(f"bad Host {authority!r}: bad port")
+        port_value = int(rest[1:])
+    if not host or any(c in host for c in " /\\@?#"):
+        raise BadRequest(f"bad Host {authority!r}")
+    return host.lower().rstrip("."), port_value
+
+
+def is_tunnel_request(method: str, headers: list[tuple[str, str]]) -> bool:
+    """CONNECT, or a request asking to switch protocols (WebSocket, h2c): a byte tunnel."""
+    if method == "CONNECT":
+        return True
+    return any(name.lower() == "upgrade" for name, _ in headers)
+
+
+def request_head(
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    dst: tuple[str, int],
+    body_length: int | None,
+) -> RequestHead:
+    """The pool request for one application request.
+
+    The origin is the absolute-form URL's authority if the application sent one, else
+    the Host header's name, else the destination address; the port is the URL's, else
+    the destination port (the flow went there). Raises :class:`BadRequest`.
+    """
+    dst_host, dst_port = dst
+    if target.startswith("/") or target == "*":
+        host_value = next((v for n, v in headers if n.lower() == "host"), None)
+        host = split_host(host_value)[0] if host_value else dst_host
+        endpoint = Endpoint("http", host, dst_port)
+        out = end_to_end(headers, drop_expect=True)
+        if host_value is None:
+            out = (("Host", endpoint.authority), *out)
+        return RequestHead(method, endpoint, target, out, body_length)
+    try:
+        url = urlsplit(target)
+    except ValueError:
+        raise BadRequest(f"bad request target {target[:80]!r}") from None
+    if url.scheme.lower() != "http" or not url.netloc:
+        if url.scheme.lower() == "https":
+            raise BadRequest("https:// request targets are not relayed: send CONNECT or speak TLS to the origin")
+        raise BadRequest(f"bad request target {target[:80]!r}: expected /path or http://host/path")
+    host, port = split_host(url.netloc.rpartition("@")[2])
+    endpoint = Endpoint("http", host, port or 80)
+    path = url.path or "/"
+    if url.query:
+        path += "?" + url.query
+    # The absolute-form authority wins over any Host header (RFC 9112 §3.2.2).
+    out = end_to_end([(n, v) for n, v in headers if n.lower() != "host"], drop_expect=True)
+    return RequestHead(method, endpoint, path, (("Host", endpoint.authority), *out), body_length)
+
+
+def response_headers(head: ResponseHead, request_method: str) -> list[tuple[str, str]]:
+    """Headers for h11 to send: end-to-end only, framing left to h11.
+
+    With a body, Content-Length is set from ``body_length`` when known (else h11 picks
+    chunked, or close-delimited for HTTP/1.0 applications). Responses without a body
+    (HEAD, 204, 304) keep the upstream's Content-Length: it describes the GET.
+    """
+    headers = list(end_to_end(list(head.headers)))
+    if request_method == "HEAD" or head.status in _NO_BODY_STATUS:
+        return headers
+    headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+    if head.body_length is not None:
+        headers.append(("Content-Length", str(head.body_length)))
+    return headers
+
+
+def error_reply(exc: BaseException) -> ErrorReply:
+    """The response the application gets when the upstream failed before a response head."""
+    if isinstance(exc, UpstreamTimeoutError):
+        return _reply(504, "Gateway Timeout", f"upstream timed out: {exc}")
+    if isinstance(exc, UpstreamAuthError):
+        return _reply(502, "Bad Gateway", f"the upstream proxy rejected Atlantic's credentials: {exc}")
+    if isinstance(exc, UpstreamRefusedError):
+        return _reply(502, "Bad Gateway", f"the upstream proxy refused the request: {exc}")
+    if isinstance(exc, UpstreamStatusError):
+        status = 504 if exc.status == 504 else 502
+        return _reply(status, "Gateway Timeout" if status == 504 else "Bad Gateway", f"upstream error: {exc}")
+    if isinstance(exc, UpstreamUnreachableError):
+        return _reply(502, "Bad Gateway", f"upstream unreachable: {exc}")
+    if isinstance(exc, RemoteProtocolError):
+        return _reply(502, "Bad Gateway", f"the upstream sent a broken response: {exc}")
+    if isinstance(exc, UpstreamError):
+        return _reply(502, "Bad Gateway", f"upstream error: {exc}")
+    if isinstance(exc, OSError):
+        return _reply(502, "Bad Gateway", f"upstream connection failed: {exc.strerror or exc}")
+    return _reply(502, "Bad Gateway", f"internal error in Atlantic's relay ({type(exc).__name__}): see the daemon log")
+
+
+def bad_request_reply(reason: str, status: int = 400) -> ErrorReply:
+    """The response to a request Atlantic cannot parse or relay (the application's fault)."""
+    phrase = {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields Too Large"}.get(status, "Bad Request")
+    return _reply(status, phrase, f"bad request: {reason}")
+
+
+def _reply(status: int, reason: str, text: str) -> ErrorReply:
+    line = " ".join(text.split())  # one line, whatever the exception said
+    return ErrorReply(status, reason, f"Atlantic: {line}\n".encode())

@@ -1,0 +1,100 @@
+"""Relay bytes both ways between an application socket and a pool ByteStream.
+
+Used when an HTTP/1.x flow turns into a tunnel (CONNECT from the application, an
+``Upgrade`` such as WebSocket). Each direction moves one buffer at a time and waits for
+the other side to take it, so memory per flow is two buffers. Half-close travels:
+EOF from the application becomes ``write_eof()``, the end of the stream a FIN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+
+from atlantic.pool.api import ByteStream
+
+__all__ = ["StreamRelayResult", "relay_stream"]
+
+CHUNK = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRelayResult:
+    """What one relay moved and why it ended."""
+
+    bytes_up: int
+    bytes_down: int
+    reason: str  # "closed", "idle", or the error that ended it
+
+
+async def relay_stream(
+    sock: socket.socket,
+    stream: ByteStream,
+    *,
+    first_up: bytes = b"",
+    idle_timeout: float = 300.0,
+) -> StreamRelayResult:
+    """Relay until both directions ended, one failed, or nothing moved for ``idle_timeout``.
+
+    ``first_up`` (bytes the application already sent) goes to the stream first. The
+    stream is always closed on return (reset if the relay did not end cleanly); the
+    socket is left to the caller.
+    """
+    loop = asyncio.get_running_loop()
+    moved = [0, 0]
+    last = [loop.time()]
+
+    async def up() -> None:
+        if first_up:
+            await stream.write(first_up)
+            moved[0] += len(first_up)
+        while True:
+            data = await loop.sock_recv(sock, CHUNK)
+            if not data:
+                await stream.write_eof()
+                return
+            last[0] = loop.time()
+            await stream.write(data)
+            moved[0] += len(data)
+
+    async def down() -> None:
+        while True:
+            data = await stream.read(CHUNK)
+            if not data:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                return
+            last[0] = loop.time()
+            await loop.sock_sendall(sock, data)
+            moved[1] += len(data)
+
+    tasks = {asyncio.create_task(up()), asyncio.create_task(down())}
+    reason = "closed"
+    try:
+        pending = tasks
+        while pending:
+            # Idle: re-arm until neither direction moved for a whole period.
+            wait = max(0.0, last[0] + idle_timeout - loop.time())
+            done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    reason = f"{type(exc).__name__}: {exc}"
+                    pending = set()
+                    break
+            else:
+                if not done and loop.time() - last[0] >= idle_timeout:
+                    reason = "idle"
+                    break
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await stream.aclose(reset=reason != "closed")
+        except Exception:  # noqa: BLE001 - closing a broken stream must not mask the result
+            pass
+    return StreamRelayResult(moved[0], moved[1], reason)

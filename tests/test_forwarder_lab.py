@@ -1,0 +1,133 @@
+"""The pooled forwarder end to end: applications that reconnect for every request ride warm,
+shared upstream connections (real Squid, nghttpx, nginx and curl, through `atlantic up`)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+ATLANTIC = [sys.executable, "-m", "atlantic"]
+SQUID_CLIENT = re.compile(r"^\S+\s+\d+\s+(\S+):(\d+)\s")
+
+
+def ns_run(ns: str, argv: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, timeout=timeout, **kw)
+
+
+def atlantic(lab, *args: str) -> subprocess.CompletedProcess:
+    return ns_run(lab.client_ns, [*ATLANTIC, *args], timeout=60, text=True)
+
+
+def status(lab) -> dict:
+    return json.loads(atlantic(lab, "status", "--json").stdout)
+
+
+def curl(lab, url: str) -> bytes:
+    """A new curl process (so a new connection), no proxy option; returns the body."""
+    res = ns_run(lab.client_ns, ["curl", "-sS", "--fail", "--noproxy", "*", "--max-time", "60",
+                                 "--cacert", lab.ca_file, url], timeout=90)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def squid_lines_for(lab, start: int, needle: str, want: int, timeout: float = 10) -> list[str]:
+    """Squid logs a transaction when it ends: poll its log (bounded) for ``want`` matching lines."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [ln for ln in Path(lab.squid_access_log).read_text().splitlines()[start:] if needle in ln]
+        if len(lines) >= want or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def up(lab, tmp_path):
+    """Start Atlantic in the client namespace with a given upstream (and CA); always down after."""
+    started = []
+
+    def start(url: str, **upstream_keys) -> dict:
+        cfg = tmp_path / "atlantic.toml"
+        keys = "".join(f'{k} = "{v}"\n' for k, v in upstream_keys.items())
+        cfg.write_text(f'[upstream]\nurl = "{url}"\n{keys}')
+        atlantic(lab, "down")
+        res = atlantic(lab, "up", "--config", str(cfg))
+        assert res.returncode == 0, res.stderr
+        started.append(True)
+        return status(lab)
+
+    yield start
+    if started:
+        res = atlantic(lab, "down")
+        assert res.returncode == 0, res.stderr
+
+
+def test_30_new_connections_ride_one_upstream_connection(lab, up):
+    """30 downloads, each by a new curl process: >= 29 requests reuse an upstream connection, Squid sees 1-2."""
+    start = len(Path(lab.squid_access_log).read_text().splitlines())
+    up(lab.proxy_url)
+    for _ in range(30):
+        assert hashlib.sha256(curl(lab, f"http://{lab.origin_host}/2mb")).hexdigest() == lab.sha256_2mb
+    pool = status(lab)["pool"]
+    assert pool["requests"] == 30 and pool["reused"] >= 29, pool
+    lines = squid_lines_for(lab, start, f"GET http://{lab.origin_host}/2mb", 30)
+    assert len(lines) == 30
+    client_connections = {SQUID_CLIENT.match(ln).groups() for ln in lines}
+    assert 1 <= len(client_connections) <= 2, client_connections
+
+
+def test_https_flows_tunnel_to_the_sni_name_over_warm_connections(lab, up):
+    """Sequential HTTPS downloads are CONNECTed by name, mostly on pre-opened warm proxy connections."""
+    start = len(Path(lab.squid_access_log).read_text().splitlines())
+    up(lab.proxy_url)
+    time.sleep(0.5)  # let the background task open the warm connections
+    for _ in range(5):
+        assert hashlib.sha256(curl(lab, f"https://{lab.origin_host}/2mb")).hexdigest() == lab.sha256_2mb
+        time.sleep(0.2)  # the pool replenishes in the background
+    pool = status(lab)["pool"]
+    assert pool["tunnels_warm"] + pool["tunnels_cold"] == 5 and pool["tunnels_warm"] >= 4, pool
+    assert len(squid_lines_for(lab, start, f"CONNECT {lab.origin_host}:443", 5)) == 5
+
+
+def test_h2_front_multiplexes_requests_and_tunnels_on_one_connection(lab, up):
+    """Through nghttpx (HTTP/2), concurrent HTTP requests and HTTPS tunnels share one upstream connection."""
+    up(lab.h2_proxy_url, ca_file=lab.ca_file)
+    urls = [f"http://{lab.origin_host}/2mb", f"https://{lab.origin_host}/2mb"] * 3
+    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as ex:
+        bodies = list(ex.map(lambda u: curl(lab, u), urls))
+    assert all(hashlib.sha256(b).hexdigest() == lab.sha256_2mb for b in bodies)
+    for url in urls[:2]:
+        assert hashlib.sha256(curl(lab, url)).hexdigest() == lab.sha256_2mb
+    pool = status(lab)["pool"]
+    assert pool["connections_opened"] == 1, pool
+    assert pool["h2_streams"] >= 8 and pool["requests"] >= 4, pool
+
+
+def test_small_requests_keep_one_connection_and_report_ttfb(lab, up):
+    """100 small requests on new app connections: all on reused upstream connections but the first; TTFB percentiles reported."""
+    up(lab.proxy_url)
+    script = (
+        "import socket,sys\n"
+        "ip,host=sys.argv[1],sys.argv[2]\n"
+        "for _ in range(100):\n"
+        "    s=socket.create_connection((ip,80),timeout=10)\n"
+        "    s.sendall(f'GET /small HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n'.encode())\n"
+        "    data=b''\n"
+        "    while (c:=s.recv(65536)): data+=c\n"
+        "    assert data.startswith(b'HTTP/1.1 200'), data[:80]\n"
+        "    s.close()\n"
+    )
+    res = ns_run(lab.client_ns, [sys.executable, "-c", script, lab.origin_ip, lab.origin_host], timeout=120)
+    assert res.returncode == 0, res.stderr
+    pool = status(lab)["pool"]
+    assert pool["requests"] == 100 and pool["reused"] >= 99, pool
+    assert 0 < pool["ttfb_ms_p50"] <= pool["ttfb_ms_p95"] <= pool["ttfb_ms_p99"], pool
