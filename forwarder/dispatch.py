@@ -126,7 +126,8 @@ class Dispatcher:
         self.kinds[sniffed.kind.value] += 1
         if sniffed.kind is FlowKind.HTTP:
             await serve_http(sock, sniffed.data, (ip, port), self.pool, counters=self.http_counters,
-                             idle_timeout=self.idle_timeout, note_error=self.note_error)
+                             idle_timeout=self.idle_timeout, note_error=self.note_error,
+                             to_destination=self.upstream.is_direct)
             return
         # Through a proxy, the SNI name travels so the exit node resolves it; direct
         # connects to the address the application chose.

@@ -26,7 +26,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import h11
 
@@ -43,7 +43,7 @@ from atlantic.forwarder.http1_heads import (
     split_host,
 )
 from atlantic.forwarder.stream_relay import relay_stream
-from atlantic.pool.api import Pool, ResponseStream
+from atlantic.pool.api import Endpoint, Pool, ResponseStream
 
 __all__ = ["HttpCounters", "serve_http"]
 
@@ -84,15 +84,19 @@ async def serve_http(
     counters: HttpCounters | None = None,
     idle_timeout: float = 120.0,
     note_error: Callable[[str], None] | None = None,
+    to_destination: bool = False,
 ) -> None:
     """Serve HTTP/1.x requests on the application's connection until it closes.
 
     ``sock`` is the accepted, non-blocking socket (closed on return); ``first_bytes``
     what sniffing already read; ``dst`` the original destination (host, port);
-    ``note_error`` receives one line per upstream failure (for logging and status).
+    ``note_error`` receives one line per upstream failure (for logging and status);
+    ``to_destination``: connect to ``dst`` rather than the Host name (``direct``: the
+    application already resolved the name, and the daemon must not resolve it again).
     Never raises except CancelledError.
     """
     flow = _Flow(sock, dst, pool, counters or HttpCounters(), idle_timeout, note_error)
+    flow.to_destination = to_destination
     flow.counters.connections += 1
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the head must not wait for Nagle
@@ -123,6 +127,7 @@ class _Flow:
         self.counters = counters
         self.idle_timeout = idle_timeout
         self.note_error = note_error
+        self.to_destination = False
         self.loop = asyncio.get_running_loop()
         self.conn = h11.Connection(h11.SERVER)
         self.raw: list[bytes] | None = []  # bytes of the current request until its head parsed
@@ -184,6 +189,8 @@ class _Flow:
         length = body_length(request)
         try:
             head = request_head(method, request.target.decode("latin-1"), headers, self.dst, length)
+            if self.to_destination:
+                head = replace(head, endpoint=Endpoint("http", *self.dst))
         except BadRequest as exc:
             counters.bad_requests += 1
             await self.reply(bad_request_reply(str(exc)))

@@ -236,9 +236,11 @@ def test_direct_upstream_carries_flows(lab):
     """`--upstream direct` carries flows itself (marked sockets), without Squid."""
     before = len(squid_log_lines(lab))
     with atlantic_up(lab, "direct"):
-        res = curl(lab, f"https://{lab.origin_host}/2mb")
-        assert res.returncode == 0, res.stderr
-        assert hashlib.sha256(res.stdout).hexdigest() == lab.sha256_2mb
+        for base in (f"http://{lab.origin_host}", f"https://{lab.origin_host}"):
+            res = curl(lab, f"{base}/2mb")
+            assert res.returncode == 0, res.stderr
+            assert hashlib.sha256(res.stdout).hexdigest() == lab.sha256_2mb
+        assert status(lab)["pool"]["requests"] == 1
     assert len(squid_log_lines(lab)) == before
 
 
