@@ -58,7 +58,7 @@ _CLOSED_BOTH = _FIN_UP | _FIN_DOWN
 
 @dataclass(frozen=True, slots=True)
 class NatConfig:
-    """Addresses and limits of one NAT table (IPv4 addresses as 4 raw bytes)."""
+    """Addresses and limits of one NAT table (4 raw bytes for IPv4, 16 for IPv6)."""
 
     inet_addr: bytes  # the TUN's address, where the listener listens
     client_addr: bytes  # the virtual client: NAT'd source, routed to the TUN, not local
@@ -72,8 +72,8 @@ class NatConfig:
     rst_unknown: bool = True  # answer an app's segment of no session with a RST
 
     def __post_init__(self) -> None:
-        if len(self.inet_addr) != 4 or len(self.client_addr) != 4:
-            raise ValueError("NAT addresses must be IPv4 (4 bytes)")
+        if len(self.inet_addr) not in (4, 16) or len(self.client_addr) != len(self.inet_addr):
+            raise ValueError("NAT addresses must both be IPv4 (4 bytes) or both IPv6 (16 bytes)")
         if self.inet_addr == self.client_addr:
             raise ValueError("virtual client address must differ from the TUN address")
         if not 1 <= self.port_min <= self.port_max <= 65535:
@@ -114,6 +114,8 @@ class NatTable:
         self._flows: dict[bytes, tuple[bytes, int, int, Session, int]] = {}
         self._ports: dict[int, Session] = {}
         self._cursor = cfg.port_max  # round robin: a freed port is reused as late as possible
+        # Another family's table sharing the listener's port space (lookup(port) must be unique).
+        self.peer: NatTable | None = None
         self.reply: bytes = b""
         self.info: PacketInfo | None = None
         self.dropped_malformed = 0
@@ -225,10 +227,11 @@ class NatTable:
         if len(self._ports) >= cfg.max_sessions:
             return None
         ports = self._ports
+        other = self.peer._ports if self.peer is not None else {}
         p = self._cursor
         for _ in range(cfg.port_max - cfg.port_min + 1):  # bounded by the range
             p = p + 1 if p < cfg.port_max else cfg.port_min
-            if p not in ports:
+            if p not in ports and p not in other:
                 self._cursor = p
                 return p
         return None
@@ -237,14 +240,15 @@ class NatTable:
         cfg = self.cfg
         pb = port.to_bytes(2, "big")
         lb = cfg.listen_port.to_bytes(2, "big")
+        a = len(cfg.inet_addr)  # keys are src, dst, sport, dport for either family
         up_new = cfg.client_addr + cfg.inet_addr + pb + lb
         down_key = cfg.inet_addr + cfg.client_addr + lb + pb
-        down_new = up_key[4:8] + up_key[0:4] + up_key[10:12] + up_key[8:10]
+        down_new = up_key[a : 2 * a] + up_key[0:a] + up_key[2 * a + 2 : 2 * a + 4] + up_key[2 * a : 2 * a + 2]
         s = Session(port, up_key, down_key, now)
-        self._flows[up_key] = (up_new, adjustment(up_key[:8], up_new[:8]), adjustment(up_key, up_new), s, UP)
+        self._flows[up_key] = (up_new, adjustment(up_key[: 2 * a], up_new[: 2 * a]), adjustment(up_key, up_new), s, UP)
         self._flows[down_key] = (
             down_new,
-            adjustment(down_key[:8], down_new[:8]),
+            adjustment(down_key[: 2 * a], down_new[: 2 * a]),
             adjustment(down_key, down_new),
             s,
             DOWN,
@@ -278,9 +282,10 @@ class NatTable:
         if s is None:
             return None
         k = s.up_key
-        return (format_addr(k[0:4]), int.from_bytes(k[8:10], "big")), (
-            format_addr(k[4:8]),
-            int.from_bytes(k[10:12], "big"),
+        a = len(k) // 2 - 2
+        return (format_addr(k[0:a]), int.from_bytes(k[2 * a : 2 * a + 2], "big")), (
+            format_addr(k[a : 2 * a]),
+            int.from_bytes(k[2 * a + 2 : 2 * a + 4], "big"),
         )
 
     def __len__(self) -> int:

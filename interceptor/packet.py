@@ -167,17 +167,29 @@ def build_ipv4(src: bytes, dst: bytes, protocol: int, payload: bytes, ttl: int =
     return bytes(hdr) + payload
 
 
+def build_ipv6(src: bytes, dst: bytes, next_header: int, payload: bytes, hop_limit: int = 64) -> bytes:
+    """An IPv6 packet (no extension headers) around *payload*."""
+    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, hop_limit, src, dst) + payload
+
+
+def build_ip(src: bytes, dst: bytes, protocol: int, payload: bytes) -> bytes:
+    """An IPv4 or IPv6 packet, by the length of the addresses."""
+    if len(src) == 4:
+        return build_ipv4(src, dst, protocol, payload)
+    return build_ipv6(src, dst, protocol, payload)
+
+
 def build_tcp(
     src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int, window: int = 0
 ) -> bytes:
-    """A bare IPv4 TCP segment (no options, no payload) with valid checksums."""
+    """A bare TCP segment (no options, no payload) in IPv4 or IPv6, with valid checksums."""
     seg = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, window, 0, 0))
     struct.pack_into("!H", seg, 16, l4_checksum(src, dst, PROTO_TCP, seg))
-    return build_ipv4(src, dst, PROTO_TCP, bytes(seg))
+    return build_ip(src, dst, PROTO_TCP, bytes(seg))
 
 
 def build_rst_reply(buf: bytes | bytearray | memoryview, off: int, info: PacketInfo) -> bytes:
-    """The RST a TCP endpoint answers *info* with (RFC 9293 3.10.7.1), for IPv4.
+    """The RST a TCP endpoint answers *info* with (RFC 9293 3.10.7.1), IPv4 or IPv6.
 
     Sent to an application whose segment belongs to no NAT session, so that it
     fails at once instead of retransmitting into the void.
@@ -200,3 +212,28 @@ def build_icmp_unreachable(buf: bytes | bytearray | memoryview, off: int, info: 
     icmp = bytearray(struct.pack("!BBHI", 3, code, 0, 0) + quote)
     struct.pack_into("!H", icmp, 2, checksum(icmp))
     return build_ipv4(info.dst, info.src, PROTO_ICMP, bytes(icmp))
+
+
+# An ICMPv6 error must fit the IPv6 minimum MTU (RFC 4443 2.4 (c)): 1280 - 40 - 8.
+_ICMPV6_QUOTE_MAX = 1232
+
+
+def build_icmpv6_unreachable(
+    buf: bytes | bytearray | memoryview, off: int, info: PacketInfo, code: int = 4
+) -> bytes:
+    """ICMPv6 destination unreachable (default code 4: port unreachable) for *info*.
+
+    Quotes as much of the offending packet as fits the minimum MTU (RFC 4443), sent
+    from the address the application wrote to, so its socket sees the error.
+    """
+    quote = bytes(buf[off : off + min(info.total_len, _ICMPV6_QUOTE_MAX)])
+    icmp = bytearray(struct.pack("!BBHI", 1, code, 0, 0) + quote)
+    struct.pack_into("!H", icmp, 2, l4_checksum(info.dst, info.src, PROTO_ICMPV6, icmp))
+    return build_ipv6(info.dst, info.src, PROTO_ICMPV6, bytes(icmp))
+
+
+def build_port_unreachable(buf: bytes | bytearray | memoryview, off: int, info: PacketInfo) -> bytes:
+    """ICMP or ICMPv6 port unreachable for *info*, by its IP version."""
+    if info.version == 4:
+        return build_icmp_unreachable(buf, off, info, 3)
+    return build_icmpv6_unreachable(buf, off, info, 4)

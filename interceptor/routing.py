@@ -14,6 +14,7 @@ after a crash.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ class Rule:
     fwmark: int | None = None
     invert: bool = False
     suppress_prefixlength: int | None = None
+    dst: str | None = None  # "prefix/len": only packets to it (LAN exclusions)
+    ip_proto: int | None = None  # with dport: only this protocol and port (DNS)
+    dport: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +87,53 @@ class RoutingPlan:
         )
 
 
-def plan_routing(tun: str, table: int, fwmark: int, priority: int) -> RoutingPlan:
-    """The rules and routes that send every unmarked IPv4 packet to ``tun`` (pure)."""
-    fam = socket.AF_INET
+IPV6_MODES = ("captured", "blocked")
+DNS_PORT = 53
+_IPPROTO_TCP, _IPPROTO_UDP = 6, 17
+
+
+def plan_routing(
+    tun: str,
+    table: int,
+    fwmark: int,
+    priority: int,
+    *,
+    ipv6: str = "blocked",
+    capture_dns: bool = False,
+    lan: tuple[str, ...] | list[str] = (),
+) -> RoutingPlan:
+    """The rules and routes that send every unmarked packet to ``tun`` (pure).
+
+    Per family, in priority order: with *capture_dns*, marked packets go to main
+    and DNS (udp and tcp port 53) of everything else to *table*, even to a resolver
+    on the LAN; then the *lan* prefixes stay in main; then wg-quick's two rules.
+    IPv6 is ``"captured"`` (a default route through ``tun`` like IPv4) or
+    ``"blocked"`` (only the unreachable default: connect() fails at once with
+    ENETUNREACH); never left to the main table.
+    """
+    if ipv6 not in IPV6_MODES:
+        raise ValueError(f"ipv6 must be one of {', '.join(IPV6_MODES)}, got {ipv6!r}")
+    if priority < 6:
+        raise ValueError(f"rule priority {priority} leaves no room for the rules in front of it (need >= 6)")
+    rules: list[Rule] = []
+    routes: list[Route] = []
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        if capture_dns:
+            rules.append(Rule(fam, priority - 5, MAIN_TABLE, fwmark=fwmark))
+            rules.append(Rule(fam, priority - 4, table, ip_proto=_IPPROTO_UDP, dport=DNS_PORT))
+            rules.append(Rule(fam, priority - 3, table, ip_proto=_IPPROTO_TCP, dport=DNS_PORT))
+        for prefix in lan:
+            net = ipaddress.ip_network(prefix, strict=False)
+            if (net.version == 4) == (fam == socket.AF_INET):
+                rules.append(Rule(fam, priority - 2, MAIN_TABLE, dst=str(net)))
+        rules.append(Rule(fam, priority - 1, MAIN_TABLE, suppress_prefixlength=0))
+        rules.append(Rule(fam, priority, table, fwmark=fwmark, invert=True))
+        if fam == socket.AF_INET or ipv6 == "captured":
+            routes.append(Route(fam, table, tun))
+        routes.append(Route(fam, table, None, metric=FAIL_CLOSED_METRIC))
     return RoutingPlan(
-        rules=(
-            Rule(fam, priority - 1, MAIN_TABLE, suppress_prefixlength=0),
-            Rule(fam, priority, table, fwmark=fwmark, invert=True),
-        ),
-        routes=(Route(fam, table, tun), Route(fam, table, None, metric=FAIL_CLOSED_METRIC)),
+        rules=tuple(rules),
+        routes=tuple(routes),
         # Replies to the daemon's marked sockets must pass reverse-path filtering with
         # the mark taken into account, as wg-quick arranges.
         sysctls=(Sysctl("net/ipv4/conf/all/src_valid_mark", "1"),),
@@ -110,6 +152,13 @@ def _rule_args(rule: Rule) -> dict:
     if rule.suppress_prefixlength is not None:
         # pyroute2 drops a `suppress_prefixlength=0` keyword; the raw attribute name works.
         args["FRA_SUPPRESS_PREFIXLEN"] = rule.suppress_prefixlength
+    if rule.dst is not None:
+        net = ipaddress.ip_network(rule.dst, strict=False)
+        args.update(dst=str(net.network_address), dst_len=net.prefixlen)
+    if rule.ip_proto is not None:
+        args["FRA_IP_PROTO"] = rule.ip_proto
+    if rule.dport is not None:
+        args["FRA_DPORT_RANGE"] = f"{rule.dport}:{rule.dport}"
     return args
 
 

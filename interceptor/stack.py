@@ -2,8 +2,10 @@
 
 Every TCP flow an application opens through the TUN is rewritten by the NAT so the
 kernel's own TCP delivers it to the listener at ``inet_addr:listen_port``; the
-listener asks ``lookup(peer_port)`` where the flow was going. Everything else
-goes to a policy (default: drop).
+listener asks ``lookup(peer_port)`` where the flow was going. With ``inet6_addr``
+IPv6 TCP is NAT'd the same way (``nat6``) to ``[inet6_addr]:listen_port``, where the
+caller binds a second, IPv6 listener; NAT ports are unique across both families.
+Everything else goes to a policy (default: drop; see ``policy.default_policy``).
 
 To refuse a flow, the listener closes the accepted socket with SO_LINGER 0
 (``struct.pack("ii", 1, 0)``): the kernel sends a RST, which the NAT carries back
@@ -20,6 +22,7 @@ a second, when the loop wakes (on the asyncio loop: only when packets arrive).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import os
 import select
@@ -27,6 +30,7 @@ import threading
 import time
 
 from atlantic.interceptor.nat import DOWN, POLICY, REPLY, UP, NatConfig, NatTable
+from atlantic.interceptor.nat6 import NatTable6
 from atlantic.interceptor.packet import VNET_HDR_PLAIN
 from atlantic.interceptor.policy import Policy, drop_all
 from atlantic.interceptor.tun import TunDevice
@@ -51,6 +55,9 @@ class SystemStack:
         policy: Policy = drop_all,
         batch: int = 64,
         nat: NatConfig | None = None,
+        inet6_addr: str | None = None,
+        virtual_client6_addr: str | None = None,
+        prefixlen6: int = 126,
     ) -> None:
         """Describe the stack; nothing touches the system before ``start``."""
         net = ipaddress.IPv4Network(f"{inet_addr}/{prefixlen}", strict=False)
@@ -74,6 +81,22 @@ class SystemStack:
                 listen_port,
             )
         )
+        # IPv6 capture: a second NAT table, its own address on the TUN, the same listener port.
+        self.inet6_addr = inet6_addr
+        self.prefixlen6 = prefixlen6
+        self._nat6: NatTable6 | None = None
+        if inet6_addr is not None:
+            net6 = ipaddress.IPv6Network(f"{inet6_addr}/{prefixlen6}", strict=False)
+            client6 = ipaddress.IPv6Address(virtual_client6_addr or net6.network_address + 2)
+            if client6 not in net6 or client6 == ipaddress.IPv6Address(inet6_addr):
+                raise ValueError(f"virtual IPv6 client {client6} must be another address inside {net6}")
+            self._nat6 = NatTable6(
+                dataclasses.replace(
+                    self._nat.cfg, inet_addr=ipaddress.IPv6Address(inet6_addr).packed, client_addr=client6.packed
+                )
+            )
+            self._nat.peer, self._nat6.peer = self._nat6, self._nat
+        self.virtual_client6_addr = str(client6) if inet6_addr is not None else None
         self._tun: TunDevice | None = None
         self._thread: threading.Thread | None = None
         self._loop = None
@@ -92,6 +115,8 @@ class SystemStack:
         try:
             tun.add_ipv4(self.inet_addr, self.prefixlen)
             tun.up()
+            if self.inet6_addr is not None:
+                tun.add_ipv6(self.inet6_addr, self.prefixlen6)
         except BaseException:
             tun.close()
             raise
@@ -148,8 +173,19 @@ class SystemStack:
     # -- queries (any thread) ------------------------------------------------------
 
     def lookup(self, port: int) -> tuple[tuple[str, int], tuple[str, int]] | None:
-        """``(orig_src, orig_dst)`` (each ``(host, port)``) of the flow the listener sees from NAT port *port*."""
-        return self._nat.lookup(port)
+        """``(orig_src, orig_dst)`` (each ``(host, port)``) of the flow the listener sees from NAT port *port*.
+
+        NAT ports are unique across IPv4 and IPv6, so the port alone names the flow.
+        """
+        found = self._nat.lookup(port)
+        if found is None and self._nat6 is not None:
+            return self._nat6.lookup(port)
+        return found
+
+    @property
+    def ipv6(self) -> str:
+        """``"captured"`` when IPv6 flows are NAT'd like IPv4, else ``"blocked"`` (routing refuses them)."""
+        return "captured" if self._nat6 is not None else "blocked"
 
     def counters(self) -> dict[str, int]:
         """Snapshot of packet, byte, drop and session counters."""
@@ -163,6 +199,13 @@ class SystemStack:
             "loop_errors": self.loop_errors,
         }
         c.update(self._nat.counters())
+        if self._nat6 is not None:
+            for k, v in self._nat6.counters().items():
+                c[k] += v  # one set of totals; ipv6_sessions_open says how many are IPv6
+            c["ipv6_sessions_open"] = len(self._nat6)
+        policy_counters = getattr(self._policy, "counters", None)
+        if policy_counters is not None:
+            c.update({f"policy_{k}": v for k, v in policy_counters().items()})
         return c
 
     def __repr__(self) -> str:
@@ -192,7 +235,9 @@ class SystemStack:
         fd = tun.fileno()
         buf, mv, bufs, hl = self._buf, self._mv, [self._buf], self._hl
         nat = self._nat
-        translate = nat.translate
+        # Without IPv6 capture the IPv4 table hands IPv6 to the policy. (Not `or`: an empty table is falsy.)
+        nat6 = nat if self._nat6 is None else self._nat6
+        translate, translate6 = nat.translate, nat6.translate
         readv, write = os.readv, os.write
         now = time.monotonic()
         pin = pout = up = down = werr = 0
@@ -204,7 +249,12 @@ class SystemStack:
                 except BlockingIOError:
                     break
                 pin += 1
-                v = translate(buf, hl, n, now, hl and buf[0] & 1)
+                if buf[hl] >> 4 == 6:
+                    t = nat6
+                    v = translate6(buf, hl, n, now, hl and buf[0] & 1)
+                else:
+                    t = nat
+                    v = translate(buf, hl, n, now, hl and buf[0] & 1)
                 if v == UP:
                     up += n - hl
                     out = mv[:n]
@@ -212,10 +262,10 @@ class SystemStack:
                     down += n - hl
                     out = mv[:n]
                 elif v == REPLY:
-                    out = VNET_HDR_PLAIN + nat.reply if hl else nat.reply
+                    out = VNET_HDR_PLAIN + t.reply if hl else t.reply
                 elif v == POLICY:
-                    r = self._policy(mv[hl:n], nat.info)
-                    if r is None:
+                    r = self._policy(mv[hl:n], t.info)
+                    if not r:  # None or policy.DROP
                         continue
                     self.policy_replies += 1
                     out = VNET_HDR_PLAIN + r if hl else r
@@ -237,4 +287,6 @@ class SystemStack:
         if now >= self._next_sweep:
             self._next_sweep = now + SWEEP_INTERVAL
             nat.expire(now)
+            if nat6 is not nat:
+                nat6.expire(now)
         return more

@@ -78,6 +78,25 @@ class TunDevice:
                         exc.errno, f"cannot set {address}/{prefixlen} on {self.name}: {exc.strerror}"
                     ) from None
 
+    def add_ipv6(self, address: str, prefixlen: int) -> None:
+        """Assign IPv6 *address*/*prefixlen*, usable at once (no duplicate address detection)."""
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        ifa_f_nodad = 0x02
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6", "w") as f:
+                f.write("0")
+            with IPRoute() as ipr:
+                idx = ipr.link_lookup(ifname=self.name)[0]
+                ipr.addr("replace", index=idx, address=address, prefixlen=prefixlen, family=socket.AF_INET6,
+                         flags=ifa_f_nodad)
+        except (OSError, NetlinkError, IndexError) as exc:
+            raise TunError(
+                getattr(exc, "errno", None) or getattr(exc, "code", 0),
+                f"cannot set {address}/{prefixlen} on {self.name}: {exc}",
+            ) from None
+
     def up(self) -> None:
         """Bring the link up."""
         self._dev.up()
