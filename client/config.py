@@ -75,11 +75,33 @@ class PoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    """What is captured and what may bypass: IPv6, UDP, the kill switch, LAN, ports.
+
+    ``ipv6``: ``capture`` (through the TUN like IPv4) or ``block`` (fails at once).
+    ``udp``: ``drop`` or ``reject`` (ICMP unreachable) for UDP other than DNS; QUIC (UDP
+    443) is always rejected so browsers fall back to TCP at once. ``ports``: the ports
+    the upstream carries (empty: all); flows to other ports follow ``other_ports``
+    (``tunnel``: try anyway, ``reject``: reset at once with the reason in status).
+    """
+
+    ipv6: str = "capture"
+    udp: str = "drop"
+    kill_switch: bool = True
+    lan: tuple[str, ...] = ()
+    allow_dhcp: bool = False
+    allow_interfaces: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    other_ports: str = "tunnel"
+
+
+@dataclass(frozen=True, slots=True)
 class TunConfig:
     """The capture device: name, its /30 from 198.18.0.0/15, MTU and GSO offload."""
 
     name: str = "atl0"
     address: str = "198.18.0.1/30"
+    address6: str = "fd00:a71a::1/126"
     mtu: int = 65520
     offload: bool = True
 
@@ -108,6 +130,7 @@ class Config:
 
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
     tun: TunConfig = field(default_factory=TunConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -217,6 +240,57 @@ def _read_pool(table: dict[str, Any], problems: list[ConfigProblem]) -> PoolConf
     return cfg
 
 
+def _choice(r: _Reader, key: str, choices: tuple[str, ...], default: str) -> str:
+    value = r.get(key, str, default, "one of " + ", ".join(choices))
+    if value not in choices:
+        r._bad(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return default
+    return value
+
+
+def _str_list(r: _Reader, key: str, expect: str, check) -> tuple[str, ...]:
+    value = r.get(key, list, [], f"a list of {expect}")
+    out = []
+    for item in value:
+        try:
+            out.append(check(item))
+        except (ValueError, TypeError):
+            r._bad(key, f"expected a list of {expect}, got {item!r}")
+    return tuple(out)
+
+
+def _read_capture(table: dict[str, Any], problems: list[ConfigProblem]) -> CaptureConfig:
+    r = _Reader(table, "capture", problems)
+
+    def cidr(item) -> str:
+        if not isinstance(item, str):
+            raise TypeError
+        return str(ipaddress.ip_network(item, strict=False))
+
+    def ifname(item) -> str:
+        if not isinstance(item, str) or not 1 <= len(item) <= 15:
+            raise ValueError
+        return item
+
+    def port(item) -> int:
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= 65535:
+            raise ValueError
+        return item
+
+    cfg = CaptureConfig(
+        ipv6=_choice(r, "ipv6", ("capture", "block"), "capture"),
+        udp=_choice(r, "udp", ("drop", "reject"), "drop"),
+        kill_switch=r.get("kill_switch", bool, True, "true or false"),
+        lan=_str_list(r, "lan", "network prefixes such as 192.168.1.0/24", cidr),
+        allow_dhcp=r.get("allow_dhcp", bool, False, "true or false"),
+        allow_interfaces=_str_list(r, "allow_interfaces", "interface names (e.g. docker0)", ifname),
+        ports=_str_list(r, "ports", "port numbers from 1 to 65535", port),
+        other_ports=_choice(r, "other_ports", ("tunnel", "reject"), "tunnel"),
+    )
+    r.unknown_keys()
+    return cfg
+
+
 def _read_tun(table: dict[str, Any], problems: list[ConfigProblem]) -> TunConfig:
     r = _Reader(table, "tun", problems)
     name = r.get("name", str, "atl0", "an interface name of 1-15 characters")
@@ -233,10 +307,18 @@ def _read_tun(table: dict[str, Any], problems: list[ConfigProblem]) -> TunConfig
     except ValueError as exc:
         problems.append(ConfigProblem("tun.address", f"expected an IPv4 address with prefix such as 198.18.0.1/30 ({exc})"))
         address = "198.18.0.1/30"
+    address6 = r.get("address6", str, "fd00:a71a::1/126", "an IPv6 address with prefix, e.g. fd00:a71a::1/126")
+    try:
+        iface6 = ipaddress.IPv6Interface(address6)
+        if iface6.network.prefixlen > 126:
+            raise ValueError("the prefix must leave room for two hosts (/126 or shorter)")
+    except ValueError as exc:
+        problems.append(ConfigProblem("tun.address6", f"expected an IPv6 address with prefix such as fd00:a71a::1/126 ({exc})"))
+        address6 = "fd00:a71a::1/126"
     mtu = r.number("mtu", 65520, 1280, 65535, integer=True)
     offload = r.get("offload", bool, True, "true or false")
     r.unknown_keys()
-    return TunConfig(name=name, address=address, mtu=mtu, offload=offload)
+    return TunConfig(name=name, address=address, address6=address6, mtu=mtu, offload=offload)
 
 
 def _read_routing(table: dict[str, Any], problems: list[ConfigProblem]) -> RoutingConfig:
@@ -273,12 +355,13 @@ def parse_config(text: str, source: str = "<config>") -> tuple[Config, list[Conf
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         return Config(source=source), [ConfigProblem("(file)", f"not valid TOML: {exc}")]
-    sections = {"upstream", "pool", "tun", "routing", "daemon"}
+    sections = {"upstream", "pool", "capture", "tun", "routing", "daemon"}
     for key in sorted(set(raw) - sections):
         problems.append(ConfigProblem(key, "unknown section or key (expected one of: " + ", ".join(sorted(sections)) + ")"))
     cfg = Config(
         upstream=_read_upstream(_section(raw, "upstream", problems), problems),
         pool=_read_pool(_section(raw, "pool", problems), problems),
+        capture=_read_capture(_section(raw, "capture", problems), problems),
         tun=_read_tun(_section(raw, "tun", problems), problems),
         routing=_read_routing(_section(raw, "routing", problems), problems),
         daemon=_read_daemon(_section(raw, "daemon", problems), problems),

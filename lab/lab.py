@@ -99,7 +99,7 @@ def current() -> LabEnv | None:
 
 
 _PROGRAM = {"delayline": "atlantic.lab.delayline", "squid": "squid", "nghttpx": "nghttpx",
-            "nginx": "nginx"}
+            "nginx": "nginx", "dns": "atlantic.lab.dnsserver"}
 
 
 def _is_ours(pid: int, name: str) -> bool:
@@ -270,6 +270,7 @@ def _build(delay_ms: float, rate_mbit: float | None, media) -> LabEnv:
     password = step("make proxy password", _proxy_password)
     start("nginx", services.start_nginx, STATE_DIR, media.root, certs.origin_cert,
           certs.origin_key)
+    start("dns", services.start_dns, STATE_DIR)
     start("squid", services.start_squid, STATE_DIR, PROXY_USER, password)
     start("nghttpx", services.start_nghttpx, STATE_DIR, certs.proxy_cert, certs.proxy_key)
     env = LabEnv(

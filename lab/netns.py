@@ -124,7 +124,7 @@ def write_etc_netns() -> None:
     for role in ROLES:
         d = NETNS_ETC / ns_name(role)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "hosts").write_text(hosts_file())
+        (d / "hosts").write_text(hosts_file(role))
         (d / "resolv.conf").write_text(resolv_conf(role))
 
 

@@ -1,4 +1,4 @@
-"""The lab's processes: delay line (router), Squid and nghttpx (proxy), nginx (origin).
+"""The lab's processes: delay line (router), Squid and nghttpx (proxy), nginx and DNS (origin).
 
 Each ``start_*`` renders its config into the lab state dir, starts the process in its
 namespace in the foreground-mode of the program (so the PID we record is the service
@@ -19,7 +19,7 @@ from string import Template
 from atlantic.lab import netns
 from atlantic.lab.procs import is_alive, run, spawn, terminate, wait_tcp
 from atlantic.lab.topology import (
-    H2_PROXY_PORT, PROXY_NAME, ROUTER_TUN, SQUID_PORT, host_ip, router_ip,
+    DNS_PORT, H2_PROXY_PORT, PROXY_NAME, ROUTER_TUN, SQUID_PORT, host_ip, hosts_file, router_ip,
 )
 
 START_TIMEOUT_S = 15.0
@@ -67,8 +67,11 @@ def start_squid(state: Path, user: str, password: str) -> int:
     d.mkdir(mode=0o750, exist_ok=True)
     run(["htpasswd", "-b", "-c", "-m", str(d / "passwd"), user, password])
     conf = d / "squid.conf"
+    (d / "hosts").write_text(hosts_file("proxy"))
     conf.write_text(render_template("squid.conf", dir=d, proxy_ip=host_ip("proxy"),
-                                    squid_port=SQUID_PORT, dns_server=router_ip("proxy")))
+                                    squid_port=SQUID_PORT, dns_server=router_ip("proxy"),
+                                    hosts_file=d / "hosts", dns_port=DNS_PORT,
+                                    dns_ip=host_ip("origin")))
     # Squid drops to `proxy`: it must write its logs and pid here and read passwd
     shutil.chown(d, "root", "proxy")
     for name in ("access.log", "cache.log"):
@@ -77,6 +80,7 @@ def start_squid(state: Path, user: str, password: str) -> int:
         os.chmod(d / name, 0o644)
     os.chmod(d, 0o770)
     shutil.chown(d / "passwd", "root", "proxy")
+    os.chmod(d / "hosts", 0o644)
     os.chmod(d / "passwd", 0o640)
     log = d / "squid.out"
     pid = spawn("proxy", ["squid", "-N", "-n", SQUID_SERVICE_NAME, "-f", str(conf)], log)
@@ -116,3 +120,12 @@ def start_nginx(state: Path, www: Path, cert: Path, key: Path) -> int:
     ok = (wait_tcp("origin", host_ip("origin"), 80, START_TIMEOUT_S, pid)
           and wait_tcp("origin", host_ip("origin"), 443, START_TIMEOUT_S, pid))
     return _check_started("nginx", pid, ok, log)
+
+
+def start_dns(state: Path) -> int:
+    """Start the lab's DNS server (UDP and TCP :53) on the origin; return its PID."""
+    log = state / "dns.log"
+    pid = spawn("origin", [sys.executable, "-m", "atlantic.lab.dnsserver",
+                           "--listen", host_ip("origin"), "--port", str(DNS_PORT)], log)
+    ok = wait_tcp("origin", host_ip("origin"), DNS_PORT, START_TIMEOUT_S, pid)
+    return _check_started("lab DNS server", pid, ok, log)

@@ -28,6 +28,10 @@ H2_PROXY_PORT = 3129
 PROXY_NAME = "proxy.test"
 ORIGIN_NAME = "origin.test"
 PROXY_USER = "atl"
+# Names only the proxy host can resolve (Squid's hosts file): a flow to one of them works
+# through Atlantic only if the name travels in CONNECT and resolves at the exit node.
+PROXY_ONLY_NAMES = ("www.origin.test", "cdn.origin.test")
+DNS_PORT = 53  # the lab's DNS server (lab/dnsserver.py) on the origin, UDP and TCP
 
 
 def ns_name(role: str) -> str:
@@ -54,14 +58,20 @@ def router_ifname(role: str) -> str:
     return f"to-{role}"
 
 
-def hosts_file() -> str:
-    """The /etc/hosts every lab namespace sees (bind-mounted by ``ip netns exec``)."""
+def hosts_file(role: str | None = None) -> str:
+    """The /etc/hosts a lab namespace sees (bind-mounted by ``ip netns exec``).
+
+    The proxy's (``role="proxy"``) also names `PROXY_ONLY_NAMES`; every other
+    namespace's does not, so the client can never resolve them itself.
+    """
+    extra = "".join(f"{host_ip('origin')}\t{n}\n" for n in PROXY_ONLY_NAMES) if role == "proxy" else ""
     return (
         "127.0.0.1\tlocalhost\n"
         "::1\tlocalhost ip6-localhost ip6-loopback\n"
         f"{host_ip('client')}\tclient.test\n"
         f"{host_ip('proxy')}\t{PROXY_NAME}\n"
         f"{host_ip('origin')}\t{ORIGIN_NAME}\n"
+        + extra
     )
 
 
@@ -97,6 +107,8 @@ class LabEnv:
     origin_host: str = ORIGIN_NAME
     squid_port: int = SQUID_PORT
     h2_proxy_port: int = H2_PROXY_PORT
+    dns_resolver: str = f"{host_ip('origin')}:{DNS_PORT}"
+    proxy_only_host: str = PROXY_ONLY_NAMES[0]
 
     @property
     def proxy_url(self) -> str:
@@ -134,6 +146,8 @@ class LabEnv:
             "LAB_SHA256_2MB": self.sha256_2mb,
             "LAB_SHA256_100MB": self.sha256_100mb,
             "LAB_STATE_DIR": self.state_dir,
+            "LAB_DNS_RESOLVER": self.dns_resolver,
+            "LAB_PROXY_ONLY_HOST": self.proxy_only_host,
         }
 
     def to_dict(self) -> dict:

@@ -173,3 +173,24 @@ def test_empty_password_file_is_refused(tmp_path):
     f.write_text(f'[upstream]\nurl = "http://alice@127.0.0.1:3128"\npassword_file = "{pw}"\n')
     _, problems = check_config_file(f, True)
     assert "is empty" in problems[0].message
+
+
+def test_capture_and_pool_sections():
+    """[capture] and [pool] settings are typed; bad list items and choices name the key."""
+    cfg, problems = parse_config(
+        '[capture]\nipv6 = "block"\nudp = "reject"\nlan = ["192.168.1.7/24"]\nports = [80, 443]\n'
+        'other_ports = "reject"\nallow_interfaces = ["docker0"]\n[pool]\nwarm_tunnels = 0\n'
+    )
+    assert problems == []
+    assert cfg.capture.ipv6 == "block" and cfg.capture.lan == ("192.168.1.0/24",)
+    assert cfg.capture.ports == (80, 443) and cfg.pool.warm_tunnels == 0
+    _, problems = parse_config('[capture]\nipv6 = "leak"\nlan = ["not-a-net"]\nports = [0]\n')
+    assert sorted(keys(problems)) == ["capture.ipv6", "capture.lan", "capture.ports"]
+
+
+def test_username_template_is_checked():
+    """A username template with an unknown field is refused with the fields it may use."""
+    _, problems = parse_config(
+        '[upstream]\nurl = "http://alice:pw@10.0.0.1:3128"\nusername_template = "customer-{user}-zip-{zip}"\n')
+    assert keys(problems) == ["upstream.username_template"]
+    assert "{country}" in problems[0].message

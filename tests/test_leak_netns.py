@@ -128,11 +128,16 @@ class Capture:
 
 
 def is_link_control(frame: bytes) -> bool:
-    """ARP and IPv6 neighbour discovery: link-local plumbing, not a leak."""
+    """ARP, IPv6 neighbour discovery, and link-local multicast from the unspecified
+    address (MLD reports the kernel sends while an interface comes up): link plumbing
+    that carries no address of ours, not a leak."""
     ethertype = struct.unpack_from("!H", frame, 12)[0]
     if ethertype == 0x0806:
         return True
-    return ethertype == 0x86DD and frame[14 + 6] == 58 and 133 <= frame[14 + 40] <= 136
+    if ethertype != 0x86DD:
+        return False
+    unspecified_to_link_multicast = frame[14 + 8:14 + 24] == bytes(16) and frame[14 + 24:14 + 26] == b"\xff\x02"
+    return unspecified_to_link_multicast or (frame[14 + 6] == 58 and 133 <= frame[14 + 40] <= 136)
 
 
 def describe(frame: bytes) -> str:
