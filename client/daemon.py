@@ -1,9 +1,12 @@
-"""The Atlantic daemon: wires the TUN system stack, routing, the forwarder and the control socket.
+"""The Atlantic daemon: wires the TUN system stack, DNS, routing, the kill switch, the
+forwarder and the control socket.
 
-Start-up order matters for failing safe: the TUN and the listener exist before routing
-points at them, and the state file records what routing will change *before* it is
-changed, so ``atlantic down`` can undo a crash at any point. Shutdown is an event
-followed by a bounded drain, then routing is restored in a ``finally``.
+Start-up order matters for failing safe: the upstream's address is resolved while the
+machine's own DNS still works; the TUN and the listeners exist before routing points at
+them; the state file records what routing and the kill switch will change *before* they
+change it, so ``atlantic down`` can undo a crash at any point. Shutdown is an event
+followed by a bounded drain, then everything is restored in a ``finally``. A crash
+leaves routing and the kill switch in place: traffic fails instead of leaking.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from atlantic.client.config import Config
 from atlantic.client.control import serve_control
 from atlantic.client.state import StatePaths, remove_state, write_state
 from atlantic.forwarder.dispatch import Dispatcher
-from atlantic.forwarder.upstream import parse_upstream
-from atlantic.interceptor import routing
+from atlantic.forwarder.upstream import Upstream, parse_upstream
+from atlantic.interceptor import fakeip, killswitch, routing
+from atlantic.interceptor.dnsintercept import DnsInterceptor
+from atlantic.interceptor.policy import default_policy
 from atlantic.pool.pool import UpstreamPool
 from atlantic.pool.proxyurl import ProxyConfig
 
@@ -30,11 +35,13 @@ log = logging.getLogger("atlantic")
 
 DRAIN_TIMEOUT_S = 3.0
 LISTEN_BACKLOG = 4096
+FAKEIP_SAVE_INTERVAL_S = 30.0
 IP_FREEBIND = 15  # <linux/in.h>; not exported by the socket module
+IPV6_FREEBIND = 78  # <linux/in6.h>
 
 
 def run_daemon(cfg: Config, upstream_url: str) -> None:
-    """Run until stopped; raises only for start-up failures (already logged as one line)."""
+    """Run until stopped; start-up failures are logged as one line and exit 1."""
     logging.basicConfig(
         level=getattr(logging, cfg.daemon.log_level.upper()),
         format="%(asctime)s atlantic[%(process)d] %(levelname)s %(message)s",
@@ -42,7 +49,28 @@ def run_daemon(cfg: Config, upstream_url: str) -> None:
     asyncio.run(Daemon(cfg, upstream_url).run())
 
 
-def make_pool(cfg: Config, upstream_url: str) -> UpstreamPool:
+def resolve_upstream(upstream: Upstream) -> dict[str, str]:
+    """The proxy's addresses (name -> IP), looked up once before capture starts.
+
+    Once routing and the kill switch are in place, an unmarked lookup by the daemon
+    would be captured like any other; the pool connects to these addresses instead.
+    """
+    if upstream.is_direct:
+        return {}
+    try:
+        ipaddress.ip_address(upstream.host)
+        return {upstream.host: upstream.host}
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(upstream.host, upstream.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise RuntimeError(f"cannot resolve the proxy {upstream.host}: {exc.strerror}") from None
+    v4 = [i[4][0] for i in infos if i[0] == socket.AF_INET]
+    return {upstream.host: (v4 or [infos[0][4][0]])[0]}
+
+
+def make_pool(cfg: Config, upstream_url: str, pinned: dict[str, str]) -> UpstreamPool:
     """The shared upstream pool, as the config describes it."""
     up = cfg.upstream
     proxy = ProxyConfig(upstream_url, up.username_template,
@@ -52,7 +80,27 @@ def make_pool(cfg: Config, upstream_url: str) -> UpstreamPool:
         connect_timeout=up.connect_timeout_s, idle_timeout=cfg.pool.idle_timeout_s,
         max_per_key=cfg.pool.max_per_endpoint, max_total=cfg.pool.max_connections,
         warm_tunnels=cfg.pool.warm_tunnels, ping_interval=cfg.pool.ping_interval_s,
+        addresses=pinned,
     )
+
+
+def _listener(family: int, address: str, port: int) -> socket.socket:
+    """A listening socket on the TUN's address, bound before the address exists (FREEBIND)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sock.bind((address, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class Daemon:
@@ -65,16 +113,42 @@ class Daemon:
         self.paths = StatePaths.for_namespace(cfg.daemon.state_dir)
         self.started = time.monotonic()
         self.stopping = asyncio.Event()
+        # The NAT's "virtual client" is the other host address of the TUN's own prefix.
         iface = ipaddress.IPv4Interface(cfg.tun.address)
         self.inet_addr = str(iface.ip)
-        # The NAT's "virtual client": the other host address of the TUN's own prefix.
-        hosts = [h for h in iface.network.hosts() if h != iface.ip]
-        self.virtual_client = str(hosts[0])
+        self.virtual_client = str(next(h for h in iface.network.hosts() if h != iface.ip))
         self.prefixlen = iface.network.prefixlen
+        iface6 = ipaddress.IPv6Interface(cfg.tun.address6)
+        self.inet6_addr = str(iface6.ip)
+        self.virtual_client6 = str(next(h for h in iface6.network.hosts() if h != iface6.ip))
+        self.prefixlen6 = iface6.network.prefixlen
+        self.ipv6 = "captured" if cfg.capture.ipv6 == "capture" else "blocked"
         self.stack = None
         self.pool: UpstreamPool | None = None
+        self.dns: DnsInterceptor | None = None
+        self.fake_pool: fakeip.FakeIpPool | None = None
         self.dispatcher: Dispatcher | None = None
+        self.killswitch_on = False
         self.ready = False  # routing applied: `up` returns only then
+
+    def _killswitch_config(self, pinned: dict[str, str]) -> killswitch.KillSwitchConfig:
+        cap = self.cfg.capture
+        endpoints = tuple(killswitch.Endpoint(ip, self.upstream.port) for ip in set(pinned.values()))
+        return killswitch.KillSwitchConfig(
+            tun=self.cfg.tun.name, fwmark=self.cfg.routing.fwmark, upstream=endpoints,
+            direct=self.upstream.is_direct, allow_lan=cap.lan, allow_dhcp=cap.allow_dhcp,
+            allow_interfaces=cap.allow_interfaces,
+        )
+
+    def _make_dns(self) -> DnsInterceptor:
+        """Fake-IP DNS (through a proxy) or forwarding over marked connections (direct)."""
+        self.fake_pool = fakeip.load(self.paths.dir / "fakeip.json", time.monotonic(),
+                                     v6=None if self.ipv6 == "blocked" else fakeip.DEFAULT_V6)
+        return DnsInterceptor(
+            self.fake_pool, open_tunnel=lambda host, port: self.pool.open_tunnel(host, port),
+            send=lambda packet: self.stack.send(packet), answer_aaaa=self.ipv6 == "captured",
+            forward_addresses=self.upstream.is_direct, loop=asyncio.get_running_loop(),
+        )
 
     async def run(self) -> None:
         """Bring capture up, serve until asked to stop, then put everything back."""
@@ -84,71 +158,107 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         cfg = self.cfg
-        plan = routing.plan_routing(cfg.tun.name, cfg.routing.table, cfg.routing.fwmark, cfg.routing.rule_priority)
+        plan = routing.plan_routing(cfg.tun.name, cfg.routing.table, cfg.routing.fwmark, cfg.routing.rule_priority,
+                                    ipv6=self.ipv6, capture_dns=True, lan=cfg.capture.lan)
         record = routing.prepare(plan)
         state = {
-            "pid": os.getpid(),
-            "version": __version__,
-            "upstream": self.upstream.redacted(),
-            "tun": cfg.tun.name,
-            "routing": record.to_json(),
+            "pid": os.getpid(), "version": __version__, "upstream": self.upstream.redacted(),
+            "tun": cfg.tun.name, "routing": record.to_json(), "killswitch": cfg.capture.kill_switch,
             "started_at": time.time(),
         }
-        listener = servers = None
+        listeners: list[socket.socket] = []
+        servers = []
+        saver = None
         try:
+            pinned = await asyncio.to_thread(resolve_upstream, self.upstream)
+            ks_config = self._killswitch_config(pinned) if cfg.capture.kill_switch else None
             write_state(self.paths, state)
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            # The TUN (and so this address) only exists once the stack starts, and the
-            # stack needs the port: FREEBIND lets the bind come first.
-            listener.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-            listener.bind((self.inet_addr, 0))
-            listener.listen(LISTEN_BACKLOG)
-            listener.setblocking(False)
-            listen_port = listener.getsockname()[1]
+            listeners.append(_listener(socket.AF_INET, self.inet_addr, 0))
+            listen_port = listeners[0].getsockname()[1]
+            if self.ipv6 == "captured":
+                listeners.append(_listener(socket.AF_INET6, self.inet6_addr, listen_port))
+            self.dns = self._make_dns()
             self.stack = SystemStack(
                 cfg.tun.name, self.inet_addr, self.virtual_client, listen_port, cfg.tun.mtu, cfg.tun.offload,
-                prefixlen=self.prefixlen,
+                prefixlen=self.prefixlen, policy=default_policy(udp=cfg.capture.udp, dns=self.dns.handle_udp),
+                inet6_addr=self.inet6_addr if self.ipv6 == "captured" else None,
+                virtual_client6_addr=self.virtual_client6 if self.ipv6 == "captured" else None,
+                prefixlen6=self.prefixlen6,
             )
             self.stack.start()
-            self.pool = make_pool(cfg, self.upstream_url)
+            self.pool = make_pool(cfg, self.upstream_url, pinned)
             await self.pool.start()
-            self.dispatcher = Dispatcher(self.upstream, self.stack.lookup, self.pool,
-                                         idle_timeout=cfg.daemon.idle_timeout_s)
-            servers = [
-                await self.dispatcher.serve(listener),
-                await serve_control(self.paths.control_socket, {
-                    "status": lambda _req: self.status(),
-                    "stop": lambda _req: self._stop(),
-                }, privileged={"stop"}),
-            ]
-            # pyroute2's synchronous API runs its own event loop: keep it off ours.
+            self.dispatcher = Dispatcher(
+                self.upstream, self.stack.lookup, self.pool, idle_timeout=cfg.daemon.idle_timeout_s, dns=self.dns,
+                carried_ports=frozenset(cfg.capture.ports), reject_other_ports=cfg.capture.other_ports == "reject",
+            )
+            for listener in listeners:
+                servers.append(await self.dispatcher.serve(listener))
+            servers.append(await serve_control(self.paths.control_socket, {
+                "status": lambda _req: self.status(),
+                "stop": lambda _req: self._stop(),
+            }, privileged={"stop"}))
+            # pyroute2's synchronous API and nft run outside our event loop.
             await asyncio.to_thread(routing.apply, plan)
+            if ks_config is not None:
+                await asyncio.to_thread(killswitch.apply, ks_config)
+                self.killswitch_on = True
+            saver = asyncio.create_task(self._save_fakeip_forever())
             self.ready = True
-            log.info("up: every TCP flow of this namespace goes via %s to %s (listener %s:%d, MTU %d, offload %s)",
-                     cfg.tun.name, self.upstream.redacted(), self.inet_addr, listen_port, cfg.tun.mtu, cfg.tun.offload)
+            log.info("up: every flow of this namespace goes via %s to %s (IPv6 %s, kill switch %s, MTU %d)",
+                     cfg.tun.name, self.upstream.redacted(), self.ipv6, "on" if self.killswitch_on else "off",
+                     cfg.tun.mtu)
             await self.stopping.wait()
             log.info("stopping: draining %d open flows", self.dispatcher.flows_open)
         except Exception as exc:  # start-up failure: one line, then put everything back
             log.error("cannot bring Atlantic up: %s", exc)
             raise SystemExit(1) from None
         finally:
-            for server in servers or ():
-                server.close()
-            if self.dispatcher is not None:
-                await self.dispatcher.aclose(DRAIN_TIMEOUT_S)
-            if self.pool is not None:
-                await self.pool.aclose()
-            if listener is not None:
-                listener.close()
-            failures = await asyncio.to_thread(routing.restore, record)
-            for line in failures:
-                log.error("restore: %s", line)
-            if self.stack is not None:
-                self.stack.stop()
-            await asyncio.to_thread(routing.delete_link, cfg.tun.name)
-            remove_state(self.paths)
-            log.info("down: routing restored")
+            await self._shutdown(servers, listeners, saver, record)
+
+    async def _shutdown(self, servers, listeners, saver, record: routing.RoutingPlan) -> None:
+        for server in servers:
+            server.close()
+        if saver is not None:
+            saver.cancel()
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose(DRAIN_TIMEOUT_S)
+        if self.dns is not None:
+            await self.dns.aclose()
+        if self.pool is not None:
+            await self.pool.aclose()
+        for listener in listeners:
+            listener.close()
+        if self.cfg.capture.kill_switch:
+            try:
+                await asyncio.to_thread(killswitch.remove)
+            except killswitch.KillSwitchError as exc:
+                log.error("restore: %s", exc)
+        for line in await asyncio.to_thread(routing.restore, record):
+            log.error("restore: %s", line)
+        if self.stack is not None:
+            self.stack.stop()
+        await asyncio.to_thread(routing.delete_link, self.cfg.tun.name)
+        self._save_fakeip()
+        remove_state(self.paths)
+        log.info("down: routing restored")
+
+    def _save_fakeip(self) -> None:
+        if self.fake_pool is not None:
+            try:
+                fakeip.save(self.fake_pool, self.paths.dir / "fakeip.json", time.monotonic())
+            except OSError as exc:
+                log.warning("cannot save the fake-IP mappings: %s", exc)
+
+    async def _save_fakeip_forever(self) -> None:
+        """Keep the fake-IP mappings on disk so a restart keeps open flows' names.
+
+        On the loop, not in a thread: the pool is not thread-safe, and a save of a
+        typical pool (hundreds of names) takes well under a millisecond.
+        """
+        while True:
+            await asyncio.sleep(FAKEIP_SAVE_INTERVAL_S)
+            self._save_fakeip()
 
     def _stop(self) -> dict:
         self.stopping.set()
@@ -156,7 +266,6 @@ class Daemon:
 
     def status(self) -> dict:
         """The status report (the control socket's ``status``)."""
-        d = self.dispatcher
         report = {
             "state": "stopping" if self.stopping.is_set() else "up" if self.ready else "starting",
             "pid": os.getpid(),
@@ -165,10 +274,13 @@ class Daemon:
             "tun": self.cfg.tun.name,
             "mtu": self.cfg.tun.mtu,
             "offload": self.cfg.tun.offload,
+            "ipv6": self.ipv6,
+            "kill_switch": self.killswitch_on,
+            "udp_policy": self.cfg.capture.udp,
             "uptime_s": round(time.monotonic() - self.started, 3),
         }
-        if d is not None:
-            report.update(d.counters())
+        if self.dispatcher is not None:
+            report.update(self.dispatcher.counters())
         if self.stack is not None:
             report["stack"] = self.stack.counters()
         return report

@@ -136,6 +136,13 @@ def cleanup_leftovers(cfg: Config) -> list[str]:
     if state is None:
         return []
     failures = []
+    if state.get("killswitch"):
+        from atlantic.interceptor import killswitch
+
+        try:
+            killswitch.remove()
+        except killswitch.KillSwitchError as exc:
+            failures.append(str(exc))
     if "routing" in state:
         failures += routing.restore(routing.RoutingPlan.from_json(state["routing"]))
     tun = state.get("tun")

@@ -31,6 +31,7 @@ from atlantic.forwarder.relay import RelayCounters, abort_socket, relay
 from atlantic.forwarder.sniff import FlowKind, sniff
 from atlantic.forwarder.stream_relay import relay_stream
 from atlantic.forwarder.upstream import Upstream
+from atlantic.interceptor.dnsintercept import DnsInterceptor
 from atlantic.pool.api import Pool
 
 log = logging.getLogger("atlantic.forwarder")
@@ -53,18 +54,23 @@ class ErrorNote:
 class Dispatcher:
     """Accepts captured flows, tunnels each to the upstream, keeps the flow counters."""
 
-    def __init__(self, upstream: Upstream, lookup: Lookup, pool: Pool, *, idle_timeout: float):
+    def __init__(self, upstream: Upstream, lookup: Lookup, pool: Pool, *, idle_timeout: float,
+                 dns: DnsInterceptor | None = None, carried_ports: frozenset[int] = frozenset(),
+                 reject_other_ports: bool = False):
         self.upstream = upstream
         self.lookup = lookup
         self.pool = pool
         self.idle_timeout = idle_timeout
+        self.dns = dns
+        self.carried_ports = carried_ports
+        self.reject_other_ports = reject_other_ports
         self.relay_counters = RelayCounters()
         self.http_counters = HttpCounters()
         self.kinds = {kind.value: 0 for kind in FlowKind}
         self.flows_total = self.flows_failed = 0
         self.errors: dict[str, ErrorNote] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._accept_task: asyncio.Task | None = None
+        self._accept_tasks: list[asyncio.Task] = []
 
     @property
     def flows_open(self) -> int:
@@ -72,13 +78,13 @@ class Dispatcher:
 
     async def serve(self, listener: socket.socket) -> Dispatcher:
         """Start accepting on ``listener`` (non-blocking, listening); returns self as the server."""
-        self._accept_task = asyncio.create_task(self._accept_loop(listener), name="accept")
+        self._accept_tasks.append(asyncio.create_task(self._accept_loop(listener), name="accept"))
         return self
 
     def close(self) -> None:
         """Stop accepting new flows (open ones continue until ``aclose``)."""
-        if self._accept_task is not None:
-            self._accept_task.cancel()
+        for task in self._accept_tasks:
+            task.cancel()
 
     async def aclose(self, timeout: float) -> None:
         """Stop accepting, give open flows ``timeout`` seconds, then cut them."""
@@ -110,11 +116,37 @@ class Dispatcher:
         self.flows_total += 1
         flow = self.lookup(nat_port)
         if flow is None:
-            self.flows_failed += 1
-            self.note_error(f"no NAT entry for listener peer port {nat_port}")
-            abort_socket(sock)
+            self._refuse(sock, f"no NAT entry for listener peer port {nat_port}")
             return
         _src, (ip, port) = flow
+        dns = self.dns
+        if port == 53 and dns is not None:
+            await dns.serve_tcp(sock)  # DNS over TCP: answered here, like UDP
+            return
+        if self.carried_ports and port not in self.carried_ports and self.reject_other_ports:
+            self._refuse(sock, f"port {port} is not carried by the upstream (capture.ports); "
+                               f"flows to it are refused (capture.other_ports = reject)")
+            return
+        name = None
+        if dns is not None and dns.is_fake(ip):
+            name = dns.lookup(ip)
+            if name is None:
+                self._refuse(sock, f"flow to {ip}: the name behind this fake address is no longer "
+                                   "known (an expired DNS answer); the application must look it up again")
+                return
+            dns.pin(ip)  # the address must not go to another name while this flow uses it
+        try:
+            await self._carry(sock, ip, port, name)
+        finally:
+            if name is not None:
+                dns.unpin(ip)
+
+    def _refuse(self, sock: socket.socket, reason: str) -> None:
+        self.flows_failed += 1
+        self.note_error(reason)
+        abort_socket(sock)
+
+    async def _carry(self, sock: socket.socket, ip: str, port: int, name: str | None) -> None:
         try:
             sniffed = await sniff(sock)
         except OSError:
@@ -125,13 +157,13 @@ class Dispatcher:
             raise
         self.kinds[sniffed.kind.value] += 1
         if sniffed.kind is FlowKind.HTTP:
-            await serve_http(sock, sniffed.data, (ip, port), self.pool, counters=self.http_counters,
+            await serve_http(sock, sniffed.data, (name or ip, port), self.pool, counters=self.http_counters,
                              idle_timeout=self.idle_timeout, note_error=self.note_error,
-                             to_destination=self.upstream.is_direct)
+                             to_destination=self.upstream.is_direct and name is None)
             return
-        # Through a proxy, the SNI name travels so the exit node resolves it; direct
-        # connects to the address the application chose.
-        host = sniffed.sni if sniffed.sni and not self.upstream.is_direct else ip
+        # Through a proxy, the name (from DNS, or the ClientHello's SNI) travels so the
+        # exit node resolves it; direct connects to the address the application chose.
+        host = name or (sniffed.sni if sniffed.sni and not self.upstream.is_direct else ip)
         await self._tunnel(sock, host, port, sniffed.data)
 
     async def _tunnel(self, sock: socket.socket, host: str, port: int, first_up: bytes) -> None:
@@ -189,6 +221,8 @@ class Dispatcher:
                      "upstream_errors": http.upstream_errors, "aborted": http.aborted, "tunnels": http.tunnels},
             "pool": self.pool.counters(),
         }
+        if self.dns is not None:
+            report["dns"] = self.dns.counters()
         if self.errors:
             last = max(self.errors.values(), key=lambda n: n.last)
             report["last_error"] = {

@@ -186,7 +186,8 @@ class DnsInterceptor:
 
     def __init__(self, pool: FakeIpPool, *, open_tunnel: OpenTunnel | None = None,
                  send: Send | None = None, resolver: str = DEFAULT_RESOLVER,
-                 answer_aaaa: bool = True, timeout_s: float = FORWARD_TIMEOUT_S,
+                 answer_aaaa: bool = True, forward_addresses: bool = False,
+                 timeout_s: float = FORWARD_TIMEOUT_S,
                  max_inflight: int = MAX_INFLIGHT, max_pending: int = MAX_PENDING,
                  clock: Callable[[], float] = time.monotonic,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -195,6 +196,9 @@ class DnsInterceptor:
         self.send = send
         self.resolver = parse_resolver(resolver)
         self.answer_aaaa = answer_aaaa
+        # direct upstream: this machine is the exit node, so A/AAAA resolve for real too
+        # (through marked connections to the resolver), and no fake address is handed out.
+        self.forward_addresses = forward_addresses
         self.timeout_s = timeout_s
         self.max_inflight, self.max_pending = max_inflight, max_pending
         self.clock = clock
@@ -221,7 +225,7 @@ class DnsInterceptor:
         if q.qclass != dns.CLASS_IN:
             self.refused += 1
             return Outcome(dns.build_error(q, dns.REFUSED), q)
-        if q.qtype in (dns.TYPE_A, dns.TYPE_AAAA):
+        if q.qtype in (dns.TYPE_A, dns.TYPE_AAAA) and not (self.forward_addresses and self.open_tunnel):
             return Outcome(self._answer_address(q), q)
         if q.qtype == dns.TYPE_PTR and (ip := _reverse_to_ip(q.qname)) and self.pool.is_fake(ip):
             name = self.pool.lookup(ip)

@@ -208,6 +208,24 @@ class SystemStack:
             c.update({f"policy_{k}": v for k, v in policy_counters().items()})
         return c
 
+    def send(self, packet: bytes) -> bool:
+        """Write one bare IP packet into the TUN (a reply produced later, e.g. by DNS).
+
+        Call it from the thread that serves the stack (the event loop in loop mode).
+        Returns False if the device is gone or refused the packet (counted).
+        """
+        tun = self._tun
+        if tun is None:
+            return False
+        try:
+            os.write(tun.fileno(), VNET_HDR_PLAIN + packet if self._hl else packet)
+        except OSError:
+            self.write_errors += 1
+            return False
+        self.packets_out += 1
+        self.policy_replies += 1
+        return True
+
     def __repr__(self) -> str:
         return f"<SystemStack {self.tun_name} {self.inet_addr}:{self.listen_port} sessions={len(self._nat)}>"
 

@@ -14,6 +14,7 @@ import fcntl
 import os
 import socket
 import struct
+import threading
 
 from pytun_pmd3 import TunTapDevice
 
@@ -26,6 +27,29 @@ SIOCSIFADDR = 0x8916
 SIOCSIFNETMASK = 0x891C
 
 MAX_PACKET = 65535
+
+
+def _outside_event_loop(fn):
+    """Run ``fn`` in a short-lived thread and return its result (or raise its error).
+
+    pyroute2's synchronous API drives an event loop of its own, which cannot run in a
+    thread whose loop is already running (the daemon's). A new thread inherits the
+    caller's network namespace.
+    """
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name="netlink")
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")
 
 
 class TunError(OSError):
@@ -87,10 +111,14 @@ class TunDevice:
         try:
             with open(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6", "w") as f:
                 f.write("0")
-            with IPRoute() as ipr:
-                idx = ipr.link_lookup(ifname=self.name)[0]
-                ipr.addr("replace", index=idx, address=address, prefixlen=prefixlen, family=socket.AF_INET6,
-                         flags=ifa_f_nodad)
+
+            def assign() -> None:
+                with IPRoute() as ipr:
+                    idx = ipr.link_lookup(ifname=self.name)[0]
+                    ipr.addr("replace", index=idx, address=address, prefixlen=prefixlen, family=socket.AF_INET6,
+                             flags=ifa_f_nodad)
+
+            _outside_event_loop(assign)
         except (OSError, NetlinkError, IndexError) as exc:
             raise TunError(
                 getattr(exc, "errno", None) or getattr(exc, "code", 0),

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from atlantic.forwarder.connect import ConnectResponse, format_authority, raise_for_status
 from atlantic.forwarder.errors import RemoteProtocolError, UpstreamError, UpstreamTimeoutError
@@ -52,8 +52,12 @@ class UpstreamPool:
                  max_total: int = 64, warm_tunnels: int = 2, ping_interval: float = 20.0,
                  ping_timeout: float = 10.0, early_connect_data: bool = False,
                  clock: Callable[[], float] = time.monotonic,
-                 new_session: Callable[[], str] = lambda: secrets.token_hex(4)) -> None:
+                 new_session: Callable[[], str] = lambda: secrets.token_hex(4),
+                 addresses: Mapping[str, str] | None = None) -> None:
         self.clock = clock
+        # Proxy host name -> address resolved before capture began: the daemon's own
+        # lookups would otherwise be captured too. TLS still verifies the name.
+        self.addresses = dict(addresses or {})
         if isinstance(proxy, str):
             proxy = ProxyConfig(proxy)
         if isinstance(proxy, ProxyConfig):
@@ -317,8 +321,9 @@ class UpstreamPool:
             host, _, port = key.origin.rpartition(":")
             return await open_transport(host.strip("[]"), int(port), now=self.clock(), mark=self.mark,
                                         timeout=self.connect_timeout, what="origin")
-        return await open_transport(up.host, up.port, now=self.clock(), mark=self.mark,
+        return await open_transport(self.addresses.get(up.host, up.host), up.port, now=self.clock(), mark=self.mark,
                                     tls=self._tls if up.kind is UpstreamKind.HTTPS else None,
+                                    server_hostname=up.host,
                                     timeout=self.connect_timeout, what=f"proxy {up}")
 
     async def _open_for(self, rec: ConnRecord, fut: asyncio.Future | None) -> None:
