@@ -159,7 +159,8 @@ class Dispatcher:
         if sniffed.kind is FlowKind.HTTP:
             await serve_http(sock, sniffed.data, (name or ip, port), self.pool, counters=self.http_counters,
                              idle_timeout=self.idle_timeout, note_error=self.note_error,
-                             to_destination=self.upstream.is_direct and name is None)
+                             to_destination=self.upstream.is_direct and name is None,
+                             address=ip if name is not None else None)
             return
         # Through a proxy, the name (from DNS, or the ClientHello's SNI) travels so the
         # exit node resolves it; direct connects to the address the application chose.

@@ -40,6 +40,7 @@ from atlantic.forwarder.http1_heads import (
     is_tunnel_request,
     request_head,
     response_headers,
+    for_name,
     split_host,
 )
 from atlantic.forwarder.stream_relay import relay_stream
@@ -85,6 +86,7 @@ async def serve_http(
     idle_timeout: float = 120.0,
     note_error: Callable[[str], None] | None = None,
     to_destination: bool = False,
+    address: str | None = None,
 ) -> None:
     """Serve HTTP/1.x requests on the application's connection until it closes.
 
@@ -92,11 +94,14 @@ async def serve_http(
     what sniffing already read; ``dst`` the original destination (host, port);
     ``note_error`` receives one line per upstream failure (for logging and status);
     ``to_destination``: connect to ``dst`` rather than the Host name (``direct``: the
-    application already resolved the name, and the daemon must not resolve it again).
+    application already resolved the name, and the daemon must not resolve it again);
+    ``address``: the fake address the application connected to when ``dst`` holds the
+    name behind it: a request addressed to that literal goes to the name instead.
     Never raises except CancelledError.
     """
     flow = _Flow(sock, dst, pool, counters or HttpCounters(), idle_timeout, note_error)
     flow.to_destination = to_destination
+    flow.address = address
     flow.counters.connections += 1
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the head must not wait for Nagle
@@ -128,6 +133,7 @@ class _Flow:
         self.idle_timeout = idle_timeout
         self.note_error = note_error
         self.to_destination = False
+        self.address: str | None = None
         self.loop = asyncio.get_running_loop()
         self.conn = h11.Connection(h11.SERVER)
         self.raw: list[bytes] | None = []  # bytes of the current request until its head parsed
@@ -191,6 +197,8 @@ class _Flow:
             head = request_head(method, request.target.decode("latin-1"), headers, self.dst, length)
             if self.to_destination:
                 head = replace(head, endpoint=Endpoint("http", *self.dst))
+            elif self.address is not None and head.endpoint.host == self.address:
+                head = for_name(head, self.dst[0])
         except BadRequest as exc:
             counters.bad_requests += 1
             await self.reply(bad_request_reply(str(exc)))

@@ -10,7 +10,7 @@ error response that says who is at fault.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from atlantic.forwarder.errors import (
@@ -26,6 +26,7 @@ from atlantic.pool.api import Endpoint, Headers, RequestHead, ResponseHead
 
 __all__ = [
     "HOP_BY_HOP",
+    "for_name",
     "BadRequest",
     "ErrorReply",
     "bad_request_reply",
@@ -126,6 +127,13 @@ def is_tunnel_request(method: str, headers: list[tuple[str, str]]) -> bool:
     if method == "CONNECT":
         return True
     return any(name.lower() == "upgrade" for name, _ in headers)
+
+
+def for_name(head: RequestHead, name: str) -> RequestHead:
+    """``head`` sent to ``name`` instead of an address literal (a fake-IP the app used as is)."""
+    endpoint = Endpoint(head.endpoint.scheme, name, head.endpoint.port)
+    headers = tuple((n, endpoint.authority) if n.lower() == "host" else (n, v) for n, v in head.headers)
+    return replace(head, endpoint=endpoint, headers=headers)
 
 
 def request_head(

@@ -40,7 +40,8 @@ def make_ca(dir_: Path) -> Path:
 def leaf_extensions(host: str, ip: str) -> str:
     """The X.509 v3 extensions of a server certificate for *host* and *ip*."""
     return (
-        f"subjectAltName=DNS:{host},IP:{ip}\n"
+        # The wildcard covers names only the proxy resolves (www.origin.test, ...).
+        f"subjectAltName=DNS:{host},DNS:*.{host},IP:{ip}\n"
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
@@ -79,7 +80,7 @@ def ensure_pki(cache_dir: Path, origin: tuple[str, str], proxy: tuple[str, str])
     *origin* and *proxy* are (host name, IP). Built in a temporary dir and renamed into
     place, so a crash never leaves half a PKI.
     """
-    d = cache_dir / "pki-v1"
+    d = cache_dir / "pki-v2"  # v2: wildcard names; a new directory so caches renew
     pki = LabPki(d / "ca.crt", d / "origin.crt", d / "origin.key", d / "proxy.crt", d / "proxy.key")
     if all(p.is_file() for p in (pki.ca, pki.origin_cert, pki.origin_key, pki.proxy_cert,
                                   pki.proxy_key)):
