@@ -17,6 +17,7 @@ from atlantic.pool.api import ByteStream
 __all__ = ["StreamRelayResult", "relay_stream"]
 
 CHUNK = 65536
+HALF_CLOSE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +35,16 @@ async def relay_stream(
     *,
     first_up: bytes = b"",
     idle_timeout: float = 300.0,
+    half_close_timeout: float = HALF_CLOSE_TIMEOUT_S,
 ) -> StreamRelayResult:
     """Relay until both directions ended, one failed, or nothing moved for ``idle_timeout``.
 
     ``first_up`` (bytes the application already sent) goes to the stream first. The
     stream is always closed on return (reset if the relay did not end cleanly); the
-    socket is left to the caller.
+    socket is left to the caller. Once the application has closed its side, the other
+    direction gets ``half_close_timeout`` seconds to finish: an HTTP/2 proxy may not
+    pass END_STREAM on (nghttpx keeps its backend tunnel open), and the origin's
+    keep-alive would otherwise hold the stream, and a backend connection, for minutes.
     """
     loop = asyncio.get_running_loop()
     moved = [0, 0]
@@ -71,23 +76,33 @@ async def relay_stream(
             await loop.sock_sendall(sock, data)
             moved[1] += len(data)
 
-    tasks = {asyncio.create_task(up()), asyncio.create_task(down())}
+    up_task = asyncio.create_task(up())
+    tasks = {up_task, asyncio.create_task(down())}
     reason = "closed"
+    app_closed_at = None
     try:
         pending = tasks
         while pending:
             # Idle: re-arm until neither direction moved for a whole period.
-            wait = max(0.0, last[0] + idle_timeout - loop.time())
-            done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            deadline = last[0] + idle_timeout
+            if app_closed_at is not None:
+                deadline = min(deadline, app_closed_at + half_close_timeout)
+            done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()),
+                                               return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 exc = task.exception()
                 if exc is not None:
                     reason = f"{type(exc).__name__}: {exc}"
                     pending = set()
                     break
+                if task is up_task:
+                    app_closed_at = loop.time()
             else:
                 if not done and loop.time() - last[0] >= idle_timeout:
                     reason = "idle"
+                    break
+                if not done and app_closed_at is not None and loop.time() - app_closed_at >= half_close_timeout:
+                    reason = "half-close timeout"
                     break
     finally:
         for task in tasks:

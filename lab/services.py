@@ -101,6 +101,9 @@ def start_nghttpx(state: Path, cert: Path, key: Path) -> int:
         f"--accesslog-file={d / 'access.log'}",
         "--frontend-http2-window-size=16M", "--frontend-http2-connection-window-size=16M",
         "--backend-keep-alive-timeout=60s", "--no-via",
+        # The default 8 backend connections per host is one per CONNECT tunnel: too few
+        # for a machine's worth of HTTPS flows sharing one HTTP/2 connection.
+        "--backend-connections-per-host=256",
         str(key), str(cert),
     ]
     pid = spawn("proxy", argv, d / "nghttpx.out")
