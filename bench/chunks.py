@@ -6,6 +6,7 @@ In the lab at one or more one-way delays (default 20 ms = RTT 40 ms, and 50 ms =
   30 x 2 MB, a new curl process (so a new connection) per chunk, HTTP and HTTPS:
     new conn (curl -x)   curl pointed at Squid, no Atlantic: a new proxy connection per chunk
     ideal (1 conn)       one curl process fetching all 30 through Squid on one warm connection
+    no proxy, new conn   for scale: curl straight to the origin, no proxy, no Atlantic
     atlantic h1          plain curl, Atlantic up with Squid (HTTP/1.1 pool, warm CONNECTs)
     atlantic h2          plain curl, Atlantic up with nghttpx (HTTP/2 streams to the proxy)
   1,000 small requests (/small, ~100 B), p50/p95/p99:
@@ -106,9 +107,9 @@ def atlantic_down(env) -> dict:
 
 def curl_times(env, urls: list[str], proxy: str | None, one_process: bool) -> list[float]:
     """curl's time_total per URL: one process for all, or a new process per URL."""
-    base = ["curl", "-sS", "--fail", "--noproxy", "*", "--cacert", env.ca_file, "-w", "%{time_total}\n"]
-    if proxy:
-        base[1:1] = ["-x", proxy]
+    # --noproxy would override -x: only a run without a proxy option gets it.
+    base = ["curl", "-sS", "--fail", "--cacert", env.ca_file, "-w", "%{time_total}\n"]
+    base[1:1] = ["-x", proxy] if proxy else ["--noproxy", "*"]
     out: list[float] = []
     batches = [urls] if one_process else [[u] for u in urls]
     for batch in batches:
@@ -142,6 +143,7 @@ def run_delay(env, chunks: int, small: int) -> dict:
         res = out["chunks"][scheme] = {}
         res["new conn (curl -x)"] = curl_times(env, urls, env.proxy_url, one_process=False)
         res["ideal (1 conn)"] = curl_times(env, urls, env.proxy_url, one_process=True)
+        res["no proxy, new conn"] = curl_times(env, urls, None, one_process=False)
         for name, url, ca in (("atlantic h1", env.proxy_url, None), ("atlantic h2", env.h2_proxy_url, env.ca_file)):
             atlantic_up(env, url, ca)
             try:
@@ -169,7 +171,7 @@ def tables(delay: float, r: dict) -> str:
             med = statistics.median(times)
             share = (t_new - med) / (t_new - t_ideal) if t_new != t_ideal else float("nan")
             lines.append(f"| {name} | {med * 1000:.0f} | {min(times) * 1000:.0f} | {t_new / med:.2f}x | "
-                         f"{'-' if name.startswith(('new', 'ideal')) else f'{share:.0%}'} |")
+                         f"{f'{share:.0%}' if name.startswith('atlantic') else '-'} |")
         lines.append("")
     lines += [f"{len(r['small']['ideal (1 conn)'])} small requests\n", "| variant | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|"]
     for name, times in r["small"].items():

@@ -123,6 +123,26 @@ data, _ = s.recvfrom(2048)
 print(socket.inet_ntoa(data[-4:]))
 """
 
+PING_PROBE = r"""
+import socket, struct, sys
+def csum(b):
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.settimeout(1)
+msg = struct.pack("!BBHHH", 8, 0, 0, 0x4154, 1) + b"atlantic"
+s.sendto(msg[:2] + struct.pack("!H", csum(msg)) + msg[4:], (sys.argv[1], 0))
+try:
+    while True:
+        data, addr = s.recvfrom(2048)
+        if data[20] == 0:
+            print("reply")
+            break
+except socket.timeout:
+    print("no reply")
+"""
+
 IPV6_PROBE = r"""
 import socket
 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -137,7 +157,7 @@ except OSError as e:
 
 
 def test_capture_sees_only_the_daemon_to_the_proxy(lab, tmp_path):
-    """Names, HTTP, HTTPS, DNS to outside resolvers, IPv6 and QUIC: the physical side sees only proxy traffic."""
+    """Names, HTTP, HTTPS, DNS to outside resolvers, IPv6, QUIC and ping: the physical side sees only proxy traffic."""
     start = len(Path(lab.squid_access_log).read_text().splitlines())
     with atlantic_up(lab, lab.proxy_url), capture(lab, tmp_path) as packets:
         name = lab.proxy_only_host
@@ -157,11 +177,14 @@ def test_capture_sees_only_the_daemon_to_the_proxy(lab, tmp_path):
         quic = ns_run(lab.client_ns, [sys.executable, "-c", UDP_PROBE, lab.origin_ip], text=True)
         assert quic.stdout.startswith("refused"), quic.stdout
         ns_run(lab.client_ns, [sys.executable, "-c", IPV6_PROBE], text=True)
+        ping = ns_run(lab.client_ns, [sys.executable, "-c", PING_PROBE, lab.origin_ip], text=True)
+        assert ping.stdout.strip() == "no reply", ping.stdout + ping.stderr
         st = status(lab)
     assert stray(lab, packets) == []
     assert len(packets) > 100  # the capture did see the downloads going to the proxy
     assert st["ipv6"] == "captured" and st["kill_switch"] is True
     assert st["dns"]["answered_fake"] >= 3 and st["stack"]["policy_quic_rejected"] >= 1
+    assert st["stack"]["policy_icmp_dropped"] >= 1
     log = Path(lab.squid_access_log).read_text().splitlines()[start:]
     assert any(f"GET http://{lab.proxy_only_host}/2mb" in ln for ln in log), log
     assert any(f"CONNECT {lab.proxy_only_host}:443" in ln for ln in log), log
