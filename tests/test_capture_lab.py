@@ -3,7 +3,6 @@ nginx and curl, no proxy setting in any application."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -18,41 +17,22 @@ import pytest
 
 pytestmark = pytest.mark.lab
 
-ATLANTIC = [sys.executable, "-m", "atlantic"]
+from atlantic_lab import ATLANTIC, atlantic, atlantic_up, curl, ns_run, status
 
 
-def ns_run(ns: str, argv: list[str], timeout: float = 60, check: bool = False, **kw) -> subprocess.CompletedProcess:
-    """Run ``argv`` inside namespace ``ns``, bounded in time."""
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, timeout=timeout, check=check, **kw)
 
 
-def atlantic(lab, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    """The `atlantic` command in the client namespace."""
-    return ns_run(lab.client_ns, [*ATLANTIC, *args], timeout=timeout, text=True)
 
 
-def status(lab) -> dict:
-    """`atlantic status --json` in the client namespace."""
-    return json.loads(atlantic(lab, "status", "--json").stdout)
 
 
-@contextlib.contextmanager
-def atlantic_up(lab, upstream: str):
-    """Atlantic up in the client namespace for the block; always brought down after."""
-    atlantic(lab, "down")
-    try:
-        res = atlantic(lab, "up", "--upstream", upstream)
-        assert res.returncode == 0, res.stderr
-        yield status(lab)
-    finally:
-        res = atlantic(lab, "down")
-        assert res.returncode == 0, res.stderr
 
 
-def curl(lab, url: str, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Plain curl (no proxy option) from the client namespace; body to stdout."""
-    return ns_run(lab.client_ns, ["curl", "-sS", "--max-time", str(timeout), "--noproxy", "*",
-                                  "--cacert", lab.ca_file, *extra, url], timeout=timeout + 10)
+
+
+
+
+
 
 
 def squid_log_lines(lab) -> list[str]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,20 +14,17 @@ import pytest
 
 pytestmark = pytest.mark.lab
 
-ATLANTIC = [sys.executable, "-m", "atlantic"]
+from atlantic_lab import atlantic, ns_run, status
 SQUID_CLIENT = re.compile(r"^\S+\s+\d+\s+(\S+):(\d+)\s")
 
 
-def ns_run(ns: str, argv: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, timeout=timeout, **kw)
 
 
-def atlantic(lab, *args: str) -> subprocess.CompletedProcess:
-    return ns_run(lab.client_ns, [*ATLANTIC, *args], timeout=60, text=True)
 
 
-def status(lab) -> dict:
-    return json.loads(atlantic(lab, "status", "--json").stdout)
+
+
+
 
 
 def curl(lab, url: str) -> bytes:

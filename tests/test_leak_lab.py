@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import json
 import os
 import signal
 import subprocess
@@ -19,33 +18,21 @@ import pytest
 
 pytestmark = pytest.mark.lab
 
-ATLANTIC = [sys.executable, "-m", "atlantic"]
+from atlantic_lab import atlantic, atlantic_up, curl, ns_run, status
 FAKE_V4 = ipaddress.ip_network("198.18.128.0/17")
 FAKE_V6 = ipaddress.ip_network("fd00:a71a:1c::/64")
 
 
-def ns_run(ns: str, argv: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, timeout=timeout, **kw)
 
 
-def atlantic(lab, *args: str) -> subprocess.CompletedProcess:
-    return ns_run(lab.client_ns, [*ATLANTIC, *args], timeout=60, text=True)
 
 
-def status(lab) -> dict:
-    return json.loads(atlantic(lab, "status", "--json").stdout)
 
 
-@contextlib.contextmanager
-def atlantic_up(lab, upstream: str):
-    atlantic(lab, "down")
-    try:
-        res = atlantic(lab, "up", "--upstream", upstream)
-        assert res.returncode == 0, res.stderr
-        yield
-    finally:
-        res = atlantic(lab, "down")
-        assert res.returncode == 0, res.stderr
+
+
+
+
 
 
 @contextlib.contextmanager
@@ -90,9 +77,7 @@ def stray(lab, packets) -> list[str]:
     return out
 
 
-def curl(lab, url: str, *extra: str) -> subprocess.CompletedProcess:
-    return ns_run(lab.client_ns, ["curl", "-sS", "--noproxy", "*", "--max-time", "30", "--cacert", lab.ca_file,
-                                  *extra, url], timeout=60)
+
 
 
 UDP_PROBE = r"""
