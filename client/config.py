@@ -80,7 +80,9 @@ class CaptureConfig:
 
     ``ipv6``: ``capture`` (through the TUN like IPv4) or ``block`` (fails at once).
     ``udp``: ``drop`` or ``reject`` (ICMP unreachable) for UDP other than DNS; QUIC (UDP
-    443) is always rejected so browsers fall back to TCP at once. ``ports``: the ports
+    443) is always rejected so browsers fall back to TCP at once. ``dns_resolver``:
+    where queries Atlantic cannot answer itself go, as DNS over TCP through the upstream
+    (with ``direct``, every query goes there over a marked connection). ``ports``: the ports
     the upstream carries (empty: all); flows to other ports follow ``other_ports``
     (``tunnel``: try anyway, ``reject``: reset at once with the reason in status).
     """
@@ -93,6 +95,7 @@ class CaptureConfig:
     allow_interfaces: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
     other_ports: str = "tunnel"
+    dns_resolver: str = "9.9.9.9:53"
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +262,18 @@ def _str_list(r: _Reader, key: str, expect: str, check) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _resolver(r: _Reader) -> str:
+    from atlantic.interceptor.dnsintercept import parse_resolver
+
+    value = r.get("dns_resolver", str, "9.9.9.9:53", "a resolver as address:port, e.g. 9.9.9.9:53")
+    try:
+        parse_resolver(value)
+    except ValueError as exc:
+        r._bad("dns_resolver", f"expected a resolver as address:port, e.g. 9.9.9.9:53 ({exc})")
+        return "9.9.9.9:53"
+    return value
+
+
 def _read_capture(table: dict[str, Any], problems: list[ConfigProblem]) -> CaptureConfig:
     r = _Reader(table, "capture", problems)
 
@@ -286,6 +301,7 @@ def _read_capture(table: dict[str, Any], problems: list[ConfigProblem]) -> Captu
         allow_interfaces=_str_list(r, "allow_interfaces", "interface names (e.g. docker0)", ifname),
         ports=_str_list(r, "ports", "port numbers from 1 to 65535", port),
         other_ports=_choice(r, "other_ports", ("tunnel", "reject"), "tunnel"),
+        dns_resolver=_resolver(r),
     )
     r.unknown_keys()
     return cfg

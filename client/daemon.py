@@ -147,6 +147,7 @@ class Daemon:
         return DnsInterceptor(
             self.fake_pool, open_tunnel=lambda host, port: self.pool.open_tunnel(host, port),
             send=lambda packet: self.stack.send(packet), answer_aaaa=self.ipv6 == "captured",
+            resolver=self.cfg.capture.dns_resolver,
             forward_addresses=self.upstream.is_direct, loop=asyncio.get_running_loop(),
         )
 

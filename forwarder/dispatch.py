@@ -137,6 +137,8 @@ class Dispatcher:
             dns.pin(ip)  # the address must not go to another name while this flow uses it
         try:
             await self._carry(sock, ip, port, name)
+        except Exception as exc:  # noqa: BLE001 - a bug costs this flow, never the daemon
+            self._refuse(sock, f"flow to {name or ip}:{port} failed ({type(exc).__name__}: {exc})")
         finally:
             if name is not None:
                 dns.unpin(ip)

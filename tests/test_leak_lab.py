@@ -219,3 +219,20 @@ def test_restart_keeps_fake_ip_mappings(lab):
         assert hashlib.sha256(got.stdout).hexdigest() == lab.sha256_2mb
         again = ns_run(lab.client_ns, ["getent", "ahostsv4", lab.proxy_only_host], text=True)
         assert again.stdout.split()[0] == fake
+
+
+def test_other_query_types_resolve_through_the_proxy(lab, tmp_path):
+    """MX and TXT (no fake answer possible) are resolved by the configured resolver through the proxy."""
+    cfg = tmp_path / "atlantic.toml"
+    cfg.write_text(f'[upstream]\nurl = "{lab.proxy_url}"\n[capture]\ndns_resolver = "{lab.dns_resolver}"\n')
+    start = len(Path(lab.squid_access_log).read_text().splitlines())
+    with atlantic_up(lab, config=str(cfg)):
+        mx = ns_run(lab.client_ns, ["dig", "+short", "+time=5", "+tries=1", "@10.77.1.1", lab.origin_host, "MX"], text=True)
+        txt = ns_run(lab.client_ns, ["dig", "+short", "+tcp", "+time=5", "+tries=1", "@10.77.1.1", lab.origin_host, "TXT"],
+                     text=True)
+        st = status(lab)
+    assert mx.stdout.strip() == f"10 mail.{lab.origin_host}.", mx.stdout + mx.stderr
+    assert txt.stdout.strip() == '"atlantic-lab-dns"', txt.stdout + txt.stderr
+    assert st["dns"]["forwarded"] >= 2
+    log = Path(lab.squid_access_log).read_text().splitlines()[start:]
+    assert any(f"CONNECT {lab.dns_resolver}" in ln for ln in log), log
