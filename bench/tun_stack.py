@@ -19,22 +19,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import os
-import secrets
 import socket
 import statistics
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
+
+from atlantic.lab.throwaway import thread_in_netns
 from pathlib import Path
 
 LISTEN = ("198.18.0.1", 7890)
 DEST = ("10.123.0.9", 80)
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # -- server side (runs inside the namespace via `ip netns exec`) -----------------------
@@ -88,30 +86,9 @@ def serve(mtu: int, offload: bool, mode: str) -> None:
 # -- driver side ---------------------------------------------------------------------
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextmanager
 def netns():
-    """A fresh atlt-stk-bench-* namespace with this thread inside it; removed afterwards."""
-    name = "atlt-stk-bench-" + secrets.token_hex(3)
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        _setns(target)
-        os.close(target)
-        try:
-            subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
-            yield name
-        finally:
-            _setns(orig)
-    finally:
-        os.close(orig)
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
+    """A fresh atlt-stk-bench-* namespace with lo up; the calling thread is inside it meanwhile."""
+    return thread_in_netns("atlt-stk-bench-")
 
 
 @contextmanager

@@ -9,7 +9,6 @@ capture's positive control). The helpers are shared with test_killswitch.py.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import socket
@@ -17,6 +16,8 @@ import struct
 import subprocess
 import time
 from contextlib import contextmanager
+
+from atlantic.lab.throwaway import inside
 from dataclasses import dataclass
 
 import pytest
@@ -27,7 +28,6 @@ from atlantic.interceptor.stack import SystemStack
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces, nftables and TUN")
 
-CLONE_NEWNET = 0x40000000
 SO_MARK = 36
 IPV6_FREEBIND = 78
 IP_FREEBIND = 15
@@ -37,35 +37,10 @@ MARK = 0x2026
 CLIENT4, PEER4 = "10.200.0.1", "10.200.0.2"
 CLIENT6, PEER6 = "2001:db8:200::1", "2001:db8:200::2"
 UPSTREAM = (PEER4, 3128)
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, timeout=10, capture_output=True)
-
-
-@contextmanager
-def inside(ns: str):
-    """The calling thread is in namespace *ns* meanwhile (sockets made here stay in it)."""
-    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(orig)
-    finally:
-        os.close(orig)
 
 
 @dataclass(frozen=True)

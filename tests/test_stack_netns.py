@@ -8,16 +8,16 @@ namespace is deleted afterwards whatever happens.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import hashlib
 import os
 import random
-import secrets
 import socket
 import struct
 import subprocess
 import threading
 from contextlib import contextmanager
+
+from atlantic.lab.throwaway import thread_in_netns
 
 import pytest
 from scapy.all import ICMP, IP, TCP, UDP, IPOption_NOP, raw
@@ -27,39 +27,14 @@ from atlantic.interceptor.stack import SystemStack
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and TUN")
 
-CLONE_NEWNET = 0x40000000
 DEST = ("10.123.0.9", 80)
 LISTEN = ("198.18.0.1", 7890)
 TIMEOUT = 20.0
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextmanager
 def netns():
     """A fresh atlt-stk-* namespace with lo up; the calling thread is inside it meanwhile."""
-    name = "atlt-stk-" + secrets.token_hex(4)
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
-            yield name
-        finally:
-            _setns(orig)
-    finally:
-        os.close(orig)
-        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
+    return thread_in_netns("atlt-stk-")
 
 
 @contextmanager
