@@ -33,6 +33,20 @@ def status_rows(report: dict) -> list[tuple[str, str]]:
         ("flows", f"{report.get('flows_open', 0)} open, {report.get('flows_total', 0)} total, {report.get('flows_failed', 0)} failed"),
         ("traffic", f"{_size(report.get('bytes_up', 0))} up, {_size(report.get('bytes_down', 0))} down"),
     ]
+    if "ipv6" in report:
+        rows.append(("capture", f"IPv6 {report['ipv6']}, kill switch {'on' if report.get('kill_switch') else 'off'}, "
+                                f"other UDP: {report.get('udp_policy', 'drop')}"))
+    pool = report.get("pool")
+    if pool:
+        ttfb = pool.get("ttfb_ms_p50")
+        rows.append(("pool", f"{pool.get('requests', 0)} requests, {pool.get('reused', 0)} on reused connections, "
+                             f"{pool.get('connections_opened', 0)} connections opened, {pool.get('h2_streams', 0)} h2 streams, "
+                             f"tunnels {pool.get('tunnels_warm', 0)} warm / {pool.get('tunnels_cold', 0)} cold"
+                             + (f", TTFB p50 {ttfb:.1f} ms" if ttfb is not None else "")))
+    dns = report.get("dns")
+    if dns:
+        rows.append(("dns", f"{dns.get('queries', 0)} queries, {dns.get('answered_fake', 0)} fake answers, "
+                            f"{dns.get('forwarded', 0)} forwarded through the upstream"))
     err = report.get("last_error")
     if err:
         rows.append(("last error", f"{err.get('message')} ({err.get('count', 1)}x, {err.get('age_s', 0):.0f} s ago)"))
