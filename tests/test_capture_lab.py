@@ -243,3 +243,16 @@ def test_two_instances_in_two_namespaces_do_not_collide(lab):
     finally:
         ns_run(other, [*ATLANTIC, "down"], timeout=30)
         subprocess.run(["ip", "netns", "del", other], timeout=10)
+
+
+def test_ports_the_provider_does_not_carry_are_refused_with_the_reason(lab, tmp_path):
+    """With capture.ports = [80, 443] and other_ports = reject, a flow to 8080 is reset at once; status says why."""
+    cfg = tmp_path / "atlantic.toml"
+    cfg.write_text(f'[upstream]\nurl = "{lab.proxy_url}"\n[capture]\nports = [80, 443]\nother_ports = "reject"\n')
+    with atlantic_up(lab, config=str(cfg)):
+        refused = curl(lab, f"http://{lab.origin_ip}:8080/small", timeout=20)
+        assert refused.returncode not in (0, 28), refused.returncode  # reset, not a timeout
+        st = status(lab)
+        assert "port 8080 is not carried" in st["last_error"]["message"]
+        carried = curl(lab, f"http://{lab.origin_host}/2mb")
+        assert carried.returncode == 0 and hashlib.sha256(carried.stdout).hexdigest() == lab.sha256_2mb
