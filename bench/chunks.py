@@ -28,13 +28,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from atlantic import lab as labmod
+from atlantic.lab.workloads import atlantic_down, atlantic_up, curl_times, ns
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -79,48 +78,6 @@ else:
         s.close()
 print(json.dumps(times))
 """
-
-
-def ns(env, argv: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", env.client_ns, *argv], capture_output=True, text=True,
-                          timeout=timeout, **kw)
-
-
-def atlantic_up(env, url: str, ca: str | None = None) -> None:
-    ns(env, [sys.executable, "-m", "atlantic", "down"])
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(f'[upstream]\nurl = "{url}"\n' + (f'ca_file = "{ca}"\n' if ca else ""))
-    try:
-        res = ns(env, [sys.executable, "-m", "atlantic", "up", "--config", f.name])
-        if res.returncode != 0:
-            raise RuntimeError(f"atlantic up failed: {res.stderr.strip()}")
-    finally:
-        os.unlink(f.name)
-    time.sleep(0.5)  # let the pool open its warm connections, as it would on a laptop
-
-
-def atlantic_down(env) -> dict:
-    st = json.loads(ns(env, [sys.executable, "-m", "atlantic", "status", "--json"]).stdout or "{}")
-    ns(env, [sys.executable, "-m", "atlantic", "down"])
-    return st
-
-
-def curl_times(env, urls: list[str], proxy: str | None, one_process: bool) -> list[float]:
-    """curl's time_total per URL: one process for all, or a new process per URL."""
-    # --noproxy would override -x: only a run without a proxy option gets it.
-    base = ["curl", "-sS", "--fail", "--cacert", env.ca_file, "-w", "%{time_total}\n"]
-    base[1:1] = ["-x", proxy] if proxy else ["--noproxy", "*"]
-    out: list[float] = []
-    batches = [urls] if one_process else [[u] for u in urls]
-    for batch in batches:
-        argv = list(base)
-        for u in batch:
-            argv += ["-o", "/dev/null", u]
-        res = ns(env, argv)
-        if res.returncode != 0:
-            raise RuntimeError(f"curl failed: {res.stderr.strip()}")
-        out += [float(x) for x in res.stdout.split()]
-    return out
 
 
 def small_times(env, mode: str, n: int) -> list[float]:

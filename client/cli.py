@@ -42,7 +42,8 @@ def fail(message: str, code: int = 1) -> None:
 
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
-        fail(f"`atlantic {what}` changes the machine's routing and needs root: run `sudo atlantic {what}`")
+        fail(f"`atlantic {what}` changes routing (or builds network namespaces) and needs root: "
+             f"run `sudo atlantic {what}`")
 
 
 def _load(config: str | None, upstream: str | None = None):
@@ -120,6 +121,24 @@ def status(
         typer.echo(format_status(report))
     if report.get("state") != "up" and report.get("problem"):
         raise typer.Exit(3)
+
+
+@app.command()
+def demo(
+    chunks: Annotated[int, typer.Option(min=1, max=200, help="Chunks of 2 MB per download workload.")] = 30,
+    delay_ms: Annotated[float, typer.Option(min=0, max=500, help="One-way delay in the lab (RTT is twice this).")] = 20,
+    keep_lab: Annotated[bool, typer.Option("--keep-lab", help="Leave the lab up afterwards.")] = False,
+    ytdlp: Annotated[bool, typer.Option("--ytdlp/--no-ytdlp", help="Include the yt-dlp HLS workload.")] = True,
+) -> None:
+    """Show, in the lab, how much faster chunked downloads and yt-dlp get through a proxy with Atlantic."""
+    _require_root("demo")
+    from atlantic.client.demo import run_demo
+    from atlantic.lab import LabError
+
+    try:
+        run_demo(chunks=chunks, delay_ms=delay_ms, keep_lab=keep_lab, ytdlp=ytdlp)
+    except (LabError, RuntimeError) as exc:
+        fail(str(exc))
 
 
 @app.command()

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
     squid nginx-light nghttp2-proxy nftables ffmpeg curl iproute2 openssl
-    apache2-utils tcpdump dnsutils procps python3-venv
+    apache2-utils tcpdump dnsutils procps python3-venv yt-dlp
 )
 missing=()
 for pkg in "${packages[@]}"; do

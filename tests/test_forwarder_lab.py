@@ -6,6 +6,8 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import re
+import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -127,3 +129,13 @@ def test_small_requests_keep_one_connection_and_report_ttfb(lab, up):
     pool = status(lab)["pool"]
     assert pool["requests"] == 100 and pool["reused"] >= 99, pool
     assert 0 < pool["ttfb_ms_p50"] <= pool["ttfb_ms_p95"] <= pool["ttfb_ms_p99"], pool
+
+
+def test_demo_compares_without_and_with_atlantic(lab):
+    """`atlantic demo` runs its workloads (curl chunks, yt-dlp HLS) without and with Atlantic and prints the table."""
+    res = subprocess.run([sys.executable, "-m", "atlantic", "demo", "--chunks", "3", "--keep-lab"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "without Atlantic" in res.stdout and "per chunk" in res.stdout
+    assert ("yt-dlp, HLS" in res.stdout) == (shutil.which("yt-dlp") is not None)
+    assert status(lab)["state"] == "down"  # the demo brought Atlantic down again
