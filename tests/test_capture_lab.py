@@ -256,3 +256,17 @@ def test_ports_the_provider_does_not_carry_are_refused_with_the_reason(lab, tmp_
         assert "port 8080 is not carried" in st["last_error"]["message"]
         carried = curl(lab, f"http://{lab.origin_host}/2mb")
         assert carried.returncode == 0 and hashlib.sha256(carried.stdout).hexdigest() == lab.sha256_2mb
+
+
+def test_dead_proxy_fails_fast_with_a_reason(lab):
+    """A proxy port with nothing listening: HTTP gets a 502 saying so, HTTPS a reset; status names it."""
+    dead = f"http://{lab.proxy_user}:{lab.proxy_password}@{lab.proxy_ip}:3999"
+    with atlantic_up(lab, dead):
+        res = curl(lab, f"http://{lab.origin_host}/small", "-w", "\n%{http_code}", timeout=20)
+        assert res.returncode == 0, res.stderr
+        body, code = res.stdout.decode().rsplit("\n", 1)
+        assert code == "502" and "3999" in body and lab.proxy_password not in body
+        res = curl(lab, f"https://{lab.origin_host}/small", timeout=20)
+        assert res.returncode not in (0, 28)
+        st = status(lab)
+        assert st["state"] == "up" and "3999" in st["last_error"]["message"]
