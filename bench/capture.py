@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from atlantic import lab as labmod
+from atlantic.lab.workloads import atlantic_down, atlantic_up, ns
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -81,22 +82,16 @@ class Variant:
         self.curl_proxy = curl_proxy
 
 
-def atlantic(env, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(ns_argv(env.client_ns, [sys.executable, "-m", "atlantic", *args]),
-                          capture_output=True, text=True, timeout=60)
-
-
 def daemon_pid(env) -> int | None:
-    res = atlantic(env, "status", "--json")
-    st = json.loads(res.stdout or "{}")
+    st = json.loads(ns(env, [sys.executable, "-m", "atlantic", "status", "--json"]).stdout or "{}")
     return st.get("pid") if st.get("state") == "up" else None
 
 
 def bulk(env, v: Variant) -> dict:
-    argv = ["curl", "-sS", "-o", "/dev/null", "--noproxy", "*", "-w", "%{size_download} %{time_total}",
+    # --noproxy would override -x: only a run without a proxy option gets it.
+    argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download} %{time_total}",
             f"http://{env.origin_host}/100mb"]
-    if v.curl_proxy:
-        argv[1:1] = ["-x", v.curl_proxy]
+    argv[1:1] = ["-x", v.curl_proxy] if v.curl_proxy else ["--noproxy", "*"]
     return measure(env, argv, lambda out: (lambda size, t: {"MB/s": float(size) / float(t) / 1e6})(*out.split()))
 
 
@@ -138,15 +133,13 @@ def main() -> None:
     try:
         for rep in range(args.repeat):
             for v in variants:  # interleaved: the machine's noise hits every variant alike
-                atlantic(env, "down")
+                atlantic_down(env)
                 if v.upstream is not None:
-                    res = atlantic(env, "up", "--upstream", v.upstream)
-                    if res.returncode != 0:
-                        raise RuntimeError(f"atlantic up failed: {res.stderr.strip()}")
+                    atlantic_up(env, v.upstream)
                 try:
                     row = {"bulk": bulk(env, v), "short": short(env, v, args.conns)}
                 finally:
-                    atlantic(env, "down")
+                    atlantic_down(env)
                 runs[v.name].append(row)
                 print(f"  rep {rep + 1} {v.name}: {row}", file=sys.stderr)
     finally:

@@ -30,6 +30,10 @@ class Row:
     with_atlantic: float
 
 
+def _format(seconds: float, unit: str) -> str:
+    return f"{seconds * 1000:.0f} {unit}" if unit.startswith("ms") else f"{seconds:.1f} {unit}"
+
+
 def run_demo(chunks: int = 30, delay_ms: float = 20, keep_lab: bool = False, ytdlp: bool = True) -> list[Row]:
     """Run the demo and print the comparison; returns the rows."""
     from atlantic import lab as labmod
@@ -51,11 +55,11 @@ def run_demo(chunks: int = 30, delay_ms: float = 20, keep_lab: bool = False, ytd
                 label = f"{scheme.upper()} {chunks} x 2 MB"
                 task = progress.add_task(f"{label}, curl -x Squid", total=chunks)
                 plain = w.curl_times(env, urls, env.proxy_url, one_process=False,
-                                     progress=lambda: progress.advance(task))
+                                     progress=lambda t=task: progress.advance(t))
                 task = progress.add_task(f"{label}, Atlantic", total=chunks)
                 w.atlantic_up(env, env.proxy_url)
                 try:
-                    pooled = w.curl_times(env, urls, None, one_process=False, progress=lambda: progress.advance(task))
+                    pooled = w.curl_times(env, urls, None, one_process=False, progress=lambda t=task: progress.advance(t))
                 finally:
                     w.atlantic_down(env)
                 rows.append(Row(f"{label}, a new connection per chunk", "ms per chunk",
@@ -80,8 +84,8 @@ def run_demo(chunks: int = 30, delay_ms: float = 20, keep_lab: bool = False, ytd
     for col in ("workload", "without Atlantic", "with Atlantic", "faster"):
         table.add_column(col, justify="left" if col == "workload" else "right")
     for r in rows:
-        fmt = (lambda v: f"{v * 1000:.0f} {r.unit}") if r.unit.startswith("ms") else (lambda v: f"{v:.1f} {r.unit}")
-        table.add_row(r.workload, fmt(r.without), fmt(r.with_atlantic), f"{r.without / r.with_atlantic:.2f}x")
+        table.add_row(r.workload, _format(r.without, r.unit), _format(r.with_atlantic, r.unit),
+                      f"{r.without / r.with_atlantic:.2f}x")
     console.print(table)
     if not use_ytdlp and ytdlp:
         console.print("yt-dlp is not installed (packaging/setup.sh installs it): its workload was skipped")
