@@ -300,15 +300,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    was_up = labmod.current() is not None
+    before = labmod.current()
     meta = {**machine(), "repeat": args.repeat, "chunks": args.chunks, "small": args.small, "streams": args.streams}
     try:
         results = run_suite(args)
     finally:
-        if not was_up:
+        now = labmod.current()
+        if before is None:
             labmod.down()
-        elif labmod.current() is not None:
-            labmod.set_delay(20)
+        elif now is not None and now.delay_ms != before.delay_ms:
+            labmod.set_delay(before.delay_ms)  # leave a lab we found running as we found it
     text = report.markdown(results, meta)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -68,8 +68,11 @@ class PoolConfig:
     """The shared upstream connection pool."""
 
     idle_timeout_s: float = 90.0
-    max_per_endpoint: int = 8
-    max_connections: int = 64
+    # A system-wide client carries many applications' requests at once: an HTTP/1.1
+    # connection holds one request at a time, so a low cap would make a short request
+    # wait behind other applications' long downloads. Idle ones close after idle_timeout_s.
+    max_per_endpoint: int = 128
+    max_connections: int = 256
     warm_tunnels: int = 2
     ping_interval_s: float = 20.0
 
@@ -234,8 +237,8 @@ def _read_pool(table: dict[str, Any], problems: list[ConfigProblem]) -> PoolConf
     r = _Reader(table, "pool", problems)
     cfg = PoolConfig(
         idle_timeout_s=float(r.number("idle_timeout_s", 90.0, 1, 3600)),
-        max_per_endpoint=r.number("max_per_endpoint", 8, 1, 1024, integer=True),
-        max_connections=r.number("max_connections", 64, 1, 4096, integer=True),
+        max_per_endpoint=r.number("max_per_endpoint", 128, 1, 1024, integer=True),
+        max_connections=r.number("max_connections", 256, 1, 4096, integer=True),
         warm_tunnels=r.number("warm_tunnels", 2, 0, 64, integer=True),
         ping_interval_s=float(r.number("ping_interval_s", 20.0, 1, 600)),
     )

@@ -48,8 +48,8 @@ class UpstreamPool:
 
     def __init__(self, proxy: str | ProxyConfig | ProxyURLCache, *, mark: int | None = None,
                  ca_file: str | None = None, connect_timeout: float = 10.0,
-                 queue_timeout: float = 60.0, idle_timeout: float = 90.0, max_per_key: int = 8,
-                 max_total: int = 64, warm_tunnels: int = 2, ping_interval: float = 20.0,
+                 queue_timeout: float = 60.0, idle_timeout: float = 90.0, max_per_key: int = 128,
+                 max_total: int = 256, warm_tunnels: int = 2, ping_interval: float = 20.0,
                  ping_timeout: float = 10.0, early_connect_data: bool = False,
                  clock: Callable[[], float] = time.monotonic,
                  new_session: Callable[[], str] = lambda: secrets.token_hex(4),

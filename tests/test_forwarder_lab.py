@@ -20,15 +20,6 @@ from atlantic_lab import atlantic, ns_run, status
 SQUID_CLIENT = re.compile(r"^\S+\s+\d+\s+(\S+):(\d+)\s")
 
 
-
-
-
-
-
-
-
-
-
 def curl(lab, url: str) -> bytes:
     """A new curl process (so a new connection), no proxy option; returns the body."""
     res = ns_run(lab.client_ns, ["curl", "-sS", "--fail", "--noproxy", "*", "--max-time", "60",
@@ -139,3 +130,22 @@ def test_demo_compares_without_and_with_atlantic(lab):
     assert "without Atlantic" in res.stdout and "per chunk" in res.stdout
     assert ("yt-dlp, HLS" in res.stdout) == (shutil.which("yt-dlp") is not None)
     assert status(lab)["state"] == "down"  # the demo brought Atlantic down again
+
+
+def test_a_short_request_does_not_wait_behind_other_downloads(lab, up):
+    """Sixteen long downloads at once over the HTTP/1.1 pool (one request per upstream
+    connection) still leave room: a small request from another application completes while
+    they are all still running."""
+    up(lab.proxy_url)
+    argv = ["ip", "netns", "exec", lab.client_ns, "curl", "-sS", "--fail", "--noproxy", "*", "--max-time", "300",
+            "--limit-rate", "2M", "-o", "/dev/null", f"http://{lab.origin_host}/100mb"]
+    downloads = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(16)]
+    try:
+        time.sleep(2)  # all sixteen are under way (at 2 MB/s each, 100 MB takes 50 s)
+        assert curl(lab, f"http://{lab.origin_host}/small")
+        assert all(d.poll() is None for d in downloads), "a download ended early: the check proved nothing"
+        assert status(lab)["pool"]["connections_opened"] >= 17
+    finally:
+        for d in downloads:
+            d.kill()
+            d.wait(timeout=10)

