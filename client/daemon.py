@@ -21,7 +21,7 @@ import time
 
 from atlantic import __version__
 from atlantic.client.config import Config
-from atlantic.client.control import serve_control
+from atlantic.client.control import ControlServer
 from atlantic.client.state import StatePaths, remove_state, write_state
 from atlantic.forwarder.dispatch import Dispatcher
 from atlantic.forwarder.upstream import Upstream, parse_upstream
@@ -38,6 +38,8 @@ LISTEN_BACKLOG = 4096
 FAKEIP_SAVE_INTERVAL_S = 30.0
 IP_FREEBIND = 15  # <linux/in.h>; not exported by the socket module
 IPV6_FREEBIND = 78  # <linux/in6.h>
+STATUS_TRIES = 5
+STATUS_LOOP_TIMEOUT_S = 2.0
 
 
 def run_daemon(cfg: Config, upstream_url: str) -> None:
@@ -113,6 +115,8 @@ class Daemon:
         self.paths = StatePaths.for_namespace(cfg.daemon.state_dir)
         self.started = time.monotonic()
         self.stopping = asyncio.Event()
+        self.stop_requested = False  # what `status` reads: the control thread must not touch the Event
+        self.loop: asyncio.AbstractEventLoop | None = None
         # The NAT's "virtual client" is the other host address of the TUN's own prefix.
         iface = ipaddress.IPv4Interface(cfg.tun.address)
         self.inet_addr = str(iface.ip)
@@ -155,9 +159,9 @@ class Daemon:
         """Bring capture up, serve until asked to stop, then put everything back."""
         from atlantic.interceptor.stack import SystemStack
 
-        loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            self.loop.add_signal_handler(sig, self._stop)
         cfg = self.cfg
         plan = routing.plan_routing(cfg.tun.name, cfg.routing.table, cfg.routing.fwmark, cfg.routing.rule_priority,
                                     ipv6=self.ipv6, capture_dns=True, lan=cfg.capture.lan)
@@ -169,6 +173,7 @@ class Daemon:
         }
         listeners: list[socket.socket] = []
         servers = []
+        control = None
         saver = None
         try:
             pinned = await asyncio.to_thread(resolve_upstream, self.upstream)
@@ -195,10 +200,8 @@ class Daemon:
             )
             for listener in listeners:
                 servers.append(await self.dispatcher.serve(listener))
-            servers.append(await serve_control(self.paths.control_socket, {
-                "status": lambda _req: self.status(),
-                "stop": lambda _req: self._stop(),
-            }, privileged={"stop"}))
+            control = self.control_server()
+            control.start()
             # pyroute2's synchronous API and nft run outside our event loop.
             await asyncio.to_thread(routing.apply, plan)
             if ks_config is not None:
@@ -215,11 +218,14 @@ class Daemon:
             log.error("cannot bring Atlantic up: %s", exc)
             raise SystemExit(1) from None
         finally:
-            await self._shutdown(servers, listeners, saver, record)
+            await self._shutdown(servers, control, listeners, saver, record)
 
-    async def _shutdown(self, servers, listeners, saver, record: routing.RoutingPlan) -> None:
+    async def _shutdown(self, servers, control: ControlServer | None, listeners, saver,
+                        record: routing.RoutingPlan) -> None:
         for server in servers:
             server.close()
+        if control is not None:
+            await asyncio.to_thread(control.close)  # joins its threads; one may be waiting for this loop
         if saver is not None:
             saver.cancel()
         if self.dispatcher is not None:
@@ -261,14 +267,41 @@ class Daemon:
             await asyncio.sleep(FAKEIP_SAVE_INTERVAL_S)
             self._save_fakeip()
 
+    def control_server(self) -> ControlServer:
+        """The control socket; its handlers run on its threads, never on the loop."""
+        return ControlServer(self.paths.control_socket, {
+            "status": lambda _req: self.status_from_thread(),
+            "stop": lambda _req: self._stop(),
+        }, privileged={"stop"})
+
     def _stop(self) -> dict:
-        self.stopping.set()
+        """Ask the loop to stop; safe from any thread (signal handlers and the control socket)."""
+        self.stop_requested = True
+        self.loop.call_soon_threadsafe(self.stopping.set)
         return {"state": "stopping", "pid": os.getpid()}
 
+    def status_from_thread(self) -> dict:
+        """The status report, built on the control thread without waiting for the busy loop.
+
+        Counters are plain ints, safe to read under the GIL; copying a dict or deque the loop
+        changes at that moment raises RuntimeError ("changed size during iteration"), and the
+        next try gets through. Only if every try fails is the loop asked, between its steps.
+        """
+        for _ in range(STATUS_TRIES):
+            try:
+                return self.status()
+            except RuntimeError:
+                pass
+        return asyncio.run_coroutine_threadsafe(self._status_on_loop(), self.loop).result(STATUS_LOOP_TIMEOUT_S)
+
+    async def _status_on_loop(self) -> dict:
+        return self.status()
+
     def status(self) -> dict:
-        """The status report (the control socket's ``status``)."""
+        """The status report (the control socket's ``status``); ``report_ms`` is how long it took to build."""
+        started = time.perf_counter()
         report = {
-            "state": "stopping" if self.stopping.is_set() else "up" if self.ready else "starting",
+            "state": "stopping" if self.stop_requested else "up" if self.ready else "starting",
             "pid": os.getpid(),
             "version": __version__,
             "upstream": self.upstream.redacted(),
@@ -284,4 +317,5 @@ class Daemon:
             report.update(self.dispatcher.counters())
         if self.stack is not None:
             report["stack"] = self.stack.counters()
+        report["report_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return report
