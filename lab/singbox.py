@@ -45,7 +45,7 @@ def version() -> str:
     exe = binary()
     if exe is None:
         return ""
-    out = subprocess.run([str(exe), "version"], capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run([str(exe), "version"], capture_output=True, text=True, timeout=10, check=False).stdout
     return (out.splitlines() or [""])[0]
 
 
@@ -94,7 +94,7 @@ def start(env: LabEnv, log_dir: Path | None = None) -> int:
     cfg.write_text(json.dumps(config(env), indent=1))
     cfg.chmod(0o600)  # it holds the proxy password
     log = work / "sing-box.log"
-    check = subprocess.run([str(exe), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
+    check = subprocess.run([str(exe), "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30, check=False)
     if check.returncode != 0:
         raise CommandError(f"sing-box rejected its configuration: {_last_line(check.stderr or check.stdout)}")
     pid = spawn(env.client_ns, [str(exe), "run", "-c", str(cfg)], log)
@@ -117,7 +117,7 @@ def stop(pid: int) -> None:
 def _routed(env: LabEnv) -> bool:
     """True once the client namespace's routing table has sing-box's table with its TUN in it."""
     out = subprocess.run(["ip", "netns", "exec", env.client_ns, "ip", "route", "show", "table", str(TABLE)],
-                         capture_output=True, text=True, timeout=10).stdout
+                         capture_output=True, text=True, timeout=10, check=False).stdout
     return TUN_NAME in out
 
 

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-import report  # noqa: E402
+import report
 
 META = {"cpu": "Test CPU", "cpus": 2, "mem_gib": 24.0, "kernel": "6.1", "python": "3.11.7",
         "sing-box": "sing-box version 1.14.4", "date": "2026-11-22 03:00 UTC", "repeat": 2}
