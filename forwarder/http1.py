@@ -8,7 +8,9 @@ rides the pool's warm upstream connections.
 - One request at a time: the next pipelined request is read only after the response
   went out (bytes already read stay buffered inside h11).
 - Backpressure: one body buffer in flight per direction; the response is pulled from
-  the pool only as fast as ``sock_sendall`` drains it to the application.
+  the pool only as fast as ``sock_sendall`` drains it to the application. A large
+  Content-Length body on a plain upstream connection is spliced socket to socket
+  instead (one pipe in flight), never entering Python.
 - ``Expect: 100-continue`` is answered by us when the pool first pulls the body: the
   pool interface carries no interim responses, so waiting for the upstream's 100 would
   stall the application until its own timeout (curl: 1 s). The header is not forwarded.
@@ -44,7 +46,7 @@ from atlantic.forwarder.http1_heads import (
     split_host,
 )
 from atlantic.forwarder.stream_relay import relay_stream
-from atlantic.pool.api import Endpoint, Pool, ResponseStream
+from atlantic.pool.api import Endpoint, Pool, ResponseStream, SplicingResponseStream
 
 __all__ = ["HttpCounters", "serve_http"]
 
@@ -74,6 +76,18 @@ class HttpCounters:
 
 class _Abort(Exception):
     """The flow cannot continue: reset the application's connection."""
+
+
+class _SplicedBody:
+    """A body h11 frames but never sees (its ``sendfile`` pattern): only its length."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
 
 
 async def serve_http(
@@ -234,7 +248,7 @@ class _Flow:
 
     async def send_response(self, stream: ResponseStream, method: str) -> None:
         """Stream the response head and body to the application (h11 frames it)."""
-        conn, counters = self.conn, self.counters
+        conn = self.conn
         rh = stream.head
         try:
             if not 200 <= rh.status <= 999:
@@ -257,22 +271,10 @@ class _Flow:
                 await stream.read(1)  # b"": marks the body complete, so the pool reuses its connection
             except Exception:  # noqa: BLE001 - the app has its response; the pool closes that connection
                 pass
+        elif hasattr(stream, "can_splice_body") and stream.can_splice_body():
+            await self.splice_body(stream)
         else:
-            while True:
-                try:
-                    chunk = await stream.read(READ_SIZE)
-                except Exception as exc:  # noqa: BLE001 - mid-body: all we can do is reset
-                    self.upstream_failed(exc)
-                    raise _Abort from exc
-                if not chunk:
-                    break
-                try:
-                    pieces = conn.send_with_data_passthrough(h11.Data(data=chunk))
-                except h11.LocalProtocolError as exc:  # more bytes than Content-Length said
-                    self.upstream_failed(exc)
-                    raise _Abort from exc
-                counters.bytes_down += len(chunk)
-                await self.sendall(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            await self.copy_body(stream)
         try:
             data = conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:  # fewer bytes than Content-Length said
@@ -280,6 +282,40 @@ class _Flow:
             raise _Abort from exc
         if data:
             await self.sendall(data)
+
+    async def copy_body(self, stream: ResponseStream) -> None:
+        """The body through Python, piece by piece, framed by h11."""
+        conn, counters = self.conn, self.counters
+        while True:
+            try:
+                chunk = await stream.read(READ_SIZE)
+            except Exception as exc:  # noqa: BLE001 - mid-body: all we can do is reset
+                self.upstream_failed(exc)
+                raise _Abort from exc
+            if not chunk:
+                return
+            try:
+                pieces = conn.send_with_data_passthrough(h11.Data(data=chunk))
+            except h11.LocalProtocolError as exc:  # more bytes than Content-Length said
+                self.upstream_failed(exc)
+                raise _Abort from exc
+            counters.bytes_down += len(chunk)
+            await self.sendall(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+
+    async def splice_body(self, stream: SplicingResponseStream) -> None:
+        """The body socket to socket (``os.splice``): h11 frames a stand-in it never reads."""
+        body = _SplicedBody(stream.head.body_length)
+        for piece in self.conn.send_with_data_passthrough(h11.Data(data=body)):
+            if piece is not body:
+                await self.sendall(piece)
+                continue
+            try:
+                await stream.splice_body_to(self.sock, self.counters)
+            except OSError as exc:  # the application went away
+                raise _Abort from exc
+            except Exception as exc:  # noqa: BLE001 - mid-body: all we can do is reset
+                self.upstream_failed(exc)
+                raise _Abort from exc
 
     async def sendall(self, data: bytes) -> None:
         """Write to the application; it going away ends the flow."""

@@ -16,7 +16,9 @@ Semantics:
 - idle: no byte either way for ``idle_timeout`` seconds resets both sides;
 - cancel: cancelling ``relay()`` resets both sides and re-raises.
 
-``relay()`` owns both sockets and closes them whatever happens.
+``relay()`` owns both sockets and closes them whatever happens. ``splice_body()``
+moves one direction of a known length (a response body) and leaves both sockets
+open: the upstream connection may carry the next request.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from .tunnel import Tunnel
 
-__all__ = ["RelayCounters", "RelayEnd", "RelayResult", "relay", "abort_socket"]
+__all__ = ["ByteCounters", "RelayCounters", "RelayEnd", "RelayResult", "relay", "splice_body", "abort_socket"]
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 # 1 MiB pipes cost ~30% less CPU per GB than 256 KiB (bench/relay_loopback.py);
@@ -48,6 +51,13 @@ class RelayCounters:
 
     bytes_up: int = 0  # app -> upstream
     bytes_down: int = 0  # upstream -> app
+
+
+class ByteCounters(Protocol):
+    """Where delivered bytes are counted: RelayCounters, or the request relay's own."""
+
+    bytes_up: int
+    bytes_down: int
 
 
 class RelayEnd(enum.Enum):
@@ -111,6 +121,57 @@ async def relay(
     finally:
         # Cancelled, or an error escaped a callback: reset whatever is still open.
         session.finish(RelayEnd.APP_RESET, None, reset=True)
+
+
+async def splice_body(
+    upstream: socket.socket,
+    app: socket.socket,
+    count: int,
+    counters: ByteCounters | None = None,
+    *,
+    first: bytes = b"",
+    pipe_size: int = DEFAULT_PIPE_SIZE,
+) -> RelayResult:
+    """Send ``first``, then exactly ``count`` bytes read from ``upstream``, to ``app``.
+
+    For a response body of known length: nothing past it is read, and neither socket
+    is closed or shut down. The end is CLOSED once all arrived, UPSTREAM_RESET if the
+    upstream failed or ended early, APP_RESET if the application did. Cancelling
+    stops at once (the bytes in flight are lost: the caller must reset both).
+    """
+    body = _Body(asyncio.get_running_loop(), counters if counters is not None else RelayCounters())
+    body.direction = _Direction(body, upstream, app, False, first, pipe_size, left=count)
+    try:
+        body.direction.begin()
+        return await body.done
+    finally:
+        body.direction.stop()
+
+
+class _Body:
+    """The owner of one counted direction (a response body): no timer, sockets stay open."""
+
+    __slots__ = ("loop", "counters", "done", "direction", "last_active", "finished")
+
+    def __init__(self, loop, counters) -> None:
+        self.loop = loop
+        self.counters = counters
+        self.done: asyncio.Future[RelayResult] = loop.create_future()
+        self.direction: _Direction | None = None
+        self.last_active = 0.0
+        self.finished = False
+
+    def direction_closed(self) -> None:
+        self._finish(RelayEnd.CLOSED, None)
+
+    def failed(self, app_side: bool, exc: OSError) -> None:
+        self._finish(RelayEnd.APP_RESET if app_side else RelayEnd.UPSTREAM_RESET, exc.strerror or type(exc).__name__)
+
+    def _finish(self, end: RelayEnd, error: str | None) -> None:
+        if not self.finished:
+            self.finished = True
+            self.direction.stop()
+            self.done.set_result(RelayResult(end, 0, self.direction.total, error))
 
 
 class _Relay:
@@ -179,14 +240,18 @@ class _Relay:
 
 
 class _Direction:
-    """src -> pipe -> dst. Reads src only while the pipe can drain into dst."""
+    """src -> pipe -> dst. Reads src only while the pipe can drain into dst.
+
+    ``left``: bytes still to read from src (a body of known length), None: until EOF.
+    A counted direction ends without shutting dst down; an EOF before it is a failure.
+    """
 
     __slots__ = ("relay", "loop", "src", "dst", "sfd", "dfd", "is_up", "pending",
-                 "rfd", "wfd", "pipe_size", "in_pipe", "eof", "is_closed",
+                 "rfd", "wfd", "pipe_size", "in_pipe", "left", "eof", "is_closed",
                  "reading", "writing", "total")
 
-    def __init__(self, relay: _Relay, src, dst, is_up: bool, pending: bytes,
-                 pipe_size: int) -> None:
+    def __init__(self, relay: _Relay | _Body, src, dst, is_up: bool, pending: bytes,
+                 pipe_size: int, left: int | None = None) -> None:
         self.relay = relay
         self.loop = relay.loop
         self.src, self.dst = src, dst
@@ -196,7 +261,8 @@ class _Direction:
         self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.pipe_size = _set_pipe_size(self.wfd, pipe_size)
         self.in_pipe = 0
-        self.eof = False
+        self.left = left
+        self.eof = left == 0
         self.is_closed = False
         self.reading = self.writing = False
         self.total = 0
@@ -204,7 +270,7 @@ class _Direction:
     def begin(self) -> None:
         if self.relay.finished:  # the other direction's first write already failed
             return
-        if self.pending is not None:
+        if self.pending is not None or self.eof:
             self._after_write_ready()
         else:
             self._want_read()
@@ -240,18 +306,27 @@ class _Direction:
 
     # -- callbacks
     def _on_readable(self) -> None:
+        want = self.pipe_size - self.in_pipe
+        if self.left is not None:
+            want = min(want, self.left)
         try:
-            n = os.splice(self.sfd, self.wfd, self.pipe_size - self.in_pipe, flags=_SPLICE_FLAGS)
+            n = os.splice(self.sfd, self.wfd, want, flags=_SPLICE_FLAGS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self.relay.failed(self.is_up, exc)
             return
         if n == 0:
+            if self.left:  # a truncated body must never look complete
+                self.relay.failed(self.is_up, ConnectionResetError(errno.ECONNRESET, "ended early"))
+                return
             self.eof = True
         else:
             self.in_pipe += n
             self.relay.last_active = self.loop.time()
+            if self.left is not None:
+                self.left -= n
+                self.eof = self.left == 0
         self._flush()
 
     def _after_write_ready(self) -> None:
@@ -292,6 +367,9 @@ class _Direction:
     def _close(self) -> None:
         self.stop()
         self.is_closed = True
+        if self.left is not None:  # a body is over, not the connection
+            self.relay.direction_closed()
+            return
         try:
             self.dst.shutdown(socket.SHUT_WR)
         except OSError as exc:

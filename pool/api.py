@@ -9,9 +9,13 @@ which connection. Bodies stream both ways; nothing here buffers a whole body.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from atlantic.forwarder.relay import ByteCounters
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -77,6 +81,27 @@ class ResponseStream(Protocol):
 
     async def aclose(self) -> None:
         """Release the upstream connection: reused if the body was read to the end, else closed."""
+        ...
+
+
+class SplicingResponseStream(ResponseStream, Protocol):
+    """A response whose body can also move socket to socket without entering Python.
+
+    Optional (HTTP/1.1 over plain TCP): the forwarder splices when ``can_splice_body()``
+    says so and reads otherwise.
+    """
+
+    def can_splice_body(self) -> bool:
+        """True if ``splice_body_to`` can carry the body (Content-Length, nothing read yet)."""
+        ...
+
+    async def splice_body_to(self, sock: socket.socket, counters: ByteCounters | None = None) -> None:
+        """Move the whole body to ``sock`` (``counters.bytes_down`` grows as it goes), then
+        release the upstream connection as if it had been read to the end.
+
+        Raises ``RemoteProtocolError`` if the upstream fails mid-body, ``OSError`` if
+        ``sock`` does; either way the upstream connection is closed, never reused.
+        """
         ...
 
 

@@ -4,15 +4,21 @@ Async adapter over a :class:`~atlantic.pool.transport.Transport`. One request at
 time; the response body is pulled from the socket only as the caller reads it. The
 connection goes back to the pool (``on_release(reusable)``) once the body was read to
 the end and both sides allow keep-alive; a partly read response closes it.
+
+A large Content-Length body on a plain TCP connection can instead be spliced to the
+application's socket (``splice_body_to``): the bytes never enter Python, and a fresh
+h11 state machine takes the connection over for the next request.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import h11
 
 from atlantic.forwarder.errors import RemoteProtocolError, UpstreamError
+from atlantic.forwarder.relay import ByteCounters, RelayEnd
 from atlantic.pool.api import RequestHead, ResponseHead
 from atlantic.pool.transport import Transport
 
@@ -22,6 +28,7 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfe
                         "te", "trailer", "upgrade", "proxy-authenticate", "proxy-authorization"})
 _FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
 MAX_HEAD = 64 * 1024
+SPLICE_MIN = 256 * 1024  # below this a pipe and a dup cost about what copying does
 
 
 class ConnectionLost(UpstreamError):
@@ -159,11 +166,22 @@ class H1Connection:
             return not self.transport.writer.is_closing()
         return False
 
+    def can_reuse_after_splice(self) -> bool:
+        """After a body went around h11 (spliced): may the next request go here?
+
+        h11 still waits for that body, so a fresh h11 connection takes over. Our state
+        is DONE unless either side's head disabled keep-alive (then MUST_CLOSE).
+        """
+        if self.h11.our_state is h11.DONE and not self.transport.writer.is_closing():
+            self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+            return True
+        return False
+
 
 class H1ResponseStream:
     """A response on an HTTP/1.1 connection; ``read()`` pulls body bytes from the socket."""
 
-    __slots__ = ("head", "_conn", "_on_release", "_done", "_released")
+    __slots__ = ("head", "_conn", "_on_release", "_done", "_released", "_started")
 
     def __init__(self, head: ResponseHead, conn: H1Connection,
                  on_release: Callable[[bool], None]) -> None:
@@ -172,11 +190,13 @@ class H1ResponseStream:
         self._on_release = on_release
         self._done = False
         self._released = False
+        self._started = False  # a body byte was read: too late to splice
 
     async def read(self, max_bytes: int = 262144) -> bytes:
         """The next piece of the body; ``b""`` once complete (the connection is then released)."""
         if self._done:
             return b""
+        self._started = True
         try:
             event, _ = await self._conn._next_event(max(max_bytes, 16384))
         except BaseException:
@@ -193,6 +213,38 @@ class H1ResponseStream:
         if isinstance(event, h11.ConnectionClosed):
             raise RemoteProtocolError(f"{self._conn.name} closed the connection mid-body")
         raise RemoteProtocolError(f"{self._conn.name}: unexpected {type(event).__name__} in body")
+
+    def can_splice_body(self) -> bool:
+        """True if ``splice_body_to`` can carry this body: a large Content-Length body,
+        not read from yet, on a plain TCP connection (TLS bytes must pass through Python)."""
+        return (not (self._started or self._released) and (self.head.body_length or 0) >= SPLICE_MIN
+                and self._conn.transport.is_plain_tcp())
+
+    async def splice_body_to(self, sock: socket.socket, counters: ByteCounters | None = None) -> None:
+        """Move the whole body to ``sock`` with ``os.splice``, then release the connection
+        (reusable as after reading the body to the end). Only if ``can_splice_body()``.
+
+        ``counters.bytes_down`` grows as bytes reach ``sock``. Raises RemoteProtocolError
+        if the upstream fails or ends mid-body, ConnectionResetError if ``sock`` fails;
+        either way the connection is closed, not reused.
+        """
+        conn, length = self._conn, self.head.body_length
+        self._started = True
+        held = conn.h11.trailing_data[0]  # body bytes h11 received with the head
+        try:
+            result = await conn.transport.splice_to(sock, length - min(len(held), length),
+                                                    first=held[:length], counters=counters)
+        except BaseException:
+            self._release(False)
+            raise
+        if result.end is not RelayEnd.CLOSED:
+            self._release(False)
+            if result.end is RelayEnd.APP_RESET:
+                raise ConnectionResetError(f"application socket: {result.error}")
+            raise RemoteProtocolError(f"{conn.name} broke off mid-body ({result.error})")
+        self._done = True
+        # bytes past the body, unasked for: the connection's framing cannot be trusted
+        self._release(len(held) <= length and conn.can_reuse_after_splice())
 
     async def aclose(self) -> None:
         """Release: reused if the body was complete, else the connection is closed."""

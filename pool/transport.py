@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 
 from atlantic.forwarder.errors import UpstreamTimeoutError, UpstreamUnreachableError
+from atlantic.forwarder.relay import ByteCounters, RelayEnd, RelayResult, splice_body
 
 __all__ = ["Transport", "SocketStream", "open_transport", "proxy_tls_context", "READ_LIMIT"]
 
@@ -49,6 +50,34 @@ class Transport:
         # idle connection (e.g. an unsolicited 408) makes it unusable too.
         return (r.at_eof() or r.exception() is not None or bool(getattr(r, "_buffer", b""))
                 or self.writer.is_closing())
+
+    def is_plain_tcp(self) -> bool:
+        """True for an open connection without TLS: its bytes can be spliced."""
+        return self.writer.get_extra_info("ssl_object") is None and not self.writer.is_closing()
+
+    async def splice_to(self, dst: socket.socket, count: int, *, first: bytes = b"",
+                        counters: ByteCounters | None = None) -> RelayResult:
+        """Send ``first``, then the next ``count`` bytes received here, to ``dst`` with
+        ``os.splice`` (see :func:`~atlantic.forwarder.relay.splice_body`): what the
+        StreamReader already holds goes first, nothing past ``count`` is read, and the
+        connection stays usable afterwards. Plain TCP only (``is_plain_tcp``).
+        """
+        if not self.is_plain_tcp():
+            return RelayResult(RelayEnd.UPSTREAM_RESET, 0, 0, "connection closed")
+        transport, reader = self.writer.transport, self.reader
+        transport.pause_reading()
+        # StreamReader has no public "take what is buffered": take it while paused.
+        buffered = reader._buffer
+        held = bytes(buffered[:count])
+        del buffered[:len(held)]
+        # asyncio refuses a second registration of a transport's descriptor; a dup works.
+        src = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        try:
+            return await splice_body(src, dst, count - len(held), counters, first=first + held)
+        finally:
+            src.close()  # the dup only: the connection stays open
+            reader._maybe_resume_transport()  # if its full buffer had paused the socket
+            transport.resume_reading()
 
     def abort(self) -> None:
         """Close at once (RST when possible), no flushing."""
