@@ -25,7 +25,8 @@ interleaved so the machine's noise hits all of them alike:
                   connection rate: the same flows, so it is not run twice)
     bulk1 / bulk4 one 100 MB download, and 4 in parallel: MB/s; daemon CPU seconds;
                   with Atlantic, `status` round trips sampled during bulk4
-    memory        100 concurrent 100 MB downloads: the daemon's RSS over time
+    memory        100 concurrent 100 MB downloads: the daemon's RSS over time; with
+                  Atlantic, `status` round trips sampled all along
 
 Prints markdown tables and writes bench/results/suite-<date>.{json,md,png} (and
 suite-latest.*, which the README shows).
@@ -213,13 +214,17 @@ def memory(env, r: Running, args) -> dict:
     argv = ["ip", "netns", "exec", env.client_ns, *w.downloads_argv(env, "/100mb", args.streams, None)]
     start_rss, _ = rss_mb(r.pid)
     samples: list[tuple[float, float]] = []
+    sampler = StatusSampler(control_socket(env)) if r.peer.kind == "atlantic" else None
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if sampler is not None:
+        sampler.start()
     try:
         while proc.poll() is None and time.monotonic() - t0 < args.memory_timeout:
             samples.append((round(time.monotonic() - t0, 2), round(rss_mb(r.pid)[0], 1)))
             time.sleep(RSS_EVERY_S)
     finally:
+        under_load = sampler.stop() if sampler is not None else None
         if proc.poll() is None:
             proc.kill()
         stdout, stderr = proc.communicate(timeout=30)
@@ -229,8 +234,11 @@ def memory(env, r: Running, args) -> dict:
         raise RuntimeError(f"{len(done)} of {args.streams} streams finished: {stderr.strip()[-200:]}")
     time.sleep(2)  # let the daemon drop what the flows held
     end_rss, hwm = rss_mb(r.pid)
-    return {"rss_start_mb": start_rss, "rss_peak_mb": max([hwm] + [s[1] for s in samples]), "rss_end_mb": end_rss,
-            "MB/s": sum(float(size) for size, _ in done) / took / 1e6, "seconds": took, "samples": samples}
+    out = {"rss_start_mb": start_rss, "rss_peak_mb": max([hwm] + [s[1] for s in samples]), "rss_end_mb": end_rss,
+           "MB/s": sum(float(size) for size, _ in done) / took / 1e6, "seconds": took, "samples": samples}
+    if under_load is not None:
+        out["status_ms"] = under_load
+    return out
 
 
 WORKLOADS = {

@@ -52,7 +52,7 @@ def test_markdown_has_every_peer_skips_and_goals():
     assert "chunks-http atlantic h1: 97% of the ideal client's gain" in text and "Atlantic ahead" in text
     assert "small p50 atlantic h1: +1.50 ms" in text
     assert "bulk1 atlantic h1: 100 MB/s, 0.50x sing-box" in text
-    assert "status under load atlantic h1: p99 4.00 ms" in text
+    assert "status under 4 bulk downloads atlantic h1: p99 4.00 ms" in text
     assert "RSS atlantic h1: 40 MB before, 60 MB peak" in text
 
 
