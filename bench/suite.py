@@ -61,10 +61,11 @@ from atlantic.client.control import ControlError, request
 from atlantic.client.state import StatePaths
 from atlantic.lab import singbox
 from atlantic.lab import workloads as w
+from atlantic.lab.topology import LabEnv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-DEBIAN_YTDLP = "/usr/bin/yt-dlp"
+DEBIAN_YTDLP = w.DEBIAN_YTDLP
 PYPI_YTDLP = str(Path(sys.executable).parent / "yt-dlp")
 STATUS_EVERY_S = 0.02
 RSS_EVERY_S = 0.25
@@ -234,11 +235,28 @@ def memory(env, r: Running, args) -> dict:
         raise RuntimeError(f"{len(done)} of {args.streams} streams finished: {stderr.strip()[-200:]}")
     time.sleep(2)  # let the daemon drop what the flows held
     end_rss, hwm = rss_mb(r.pid)
+    wait_proxy_idle(env)
     out = {"rss_start_mb": start_rss, "rss_peak_mb": max([hwm] + [s[1] for s in samples]), "rss_end_mb": end_rss,
            "MB/s": sum(float(size) for size, _ in done) / took / 1e6, "seconds": took, "samples": samples}
     if under_load is not None:
         out["status_ms"] = under_load
     return out
+
+
+def wait_proxy_idle(env, timeout: float = 90.0) -> None:
+    """Wait (bounded) until Squid has closed its idle connections to the origin.
+
+    After 100 streams Squid keeps its origin connections for a minute; a warm client that
+    lands on one of them right away was measured at 420 ms per 2 MB chunk at RTT 40 ms,
+    96 ms once they had gone. Every workload starts from a proxy without them.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ip", "netns", "exec", env.proxy_ns, "ss", "-Htn", "state", "established",
+                              f"dst {env.origin_ip}"], capture_output=True, text=True, timeout=10, check=False)
+        if not out.stdout.strip():
+            return
+        time.sleep(1)
 
 
 WORKLOADS = {
@@ -261,11 +279,30 @@ def missing(workload: str) -> str | None:
     return None
 
 
-def run_suite(args) -> dict:
+def lab_at(rtt: float) -> LabEnv:
+    """The lab at this RTT, built fresh when the delay changes.
+
+    A running lab keeps state from the previous delay that skews the next: Squid's idle
+    connections to the origin (with their RTT estimates and windows) are reused, and the
+    kernel's per-destination TCP metrics. Measured: a warm connection at RTT 40 ms took
+    250-420 ms per 2 MB chunk right after 100 streams at delay 0, 96 ms a minute later.
+    """
+    env = labmod.current()
+    if env is not None and env.delay_ms == rtt / 2:
+        return env
+    if env is not None:
+        if others := labmod.other_users():
+            raise SystemExit(f"the lab is in use by PID {others[0]} at another delay; the suite rebuilds it "
+                             "for each RTT: wait for that process to finish")
+        labmod.down()
+    return labmod.up(delay_ms=rtt / 2)
+
+
+def run_suite(args, results: dict, save) -> None:
+    """Run every workload against its peers at each RTT; ``save()`` after each run."""
     peers = [p for p in PEERS if p.slug in args.peers]
-    results: dict = {}
     for rtt in args.rtts:
-        env = labmod.up(delay_ms=rtt / 2)
+        env = lab_at(rtt)
         by_workload = results.setdefault(f"{rtt:g}", {})
         for rep in range(args.repeat):
             for name in args.workloads:
@@ -277,9 +314,9 @@ def run_suite(args) -> dict:
                     with running(env, peer) as r:
                         out = fn(env, r, args)
                     by_workload.setdefault(name, {}).setdefault(peer.name, []).append(out)
+                    save()
                     print(f"RTT {rtt:g} rep {rep + 1} {name:13} {peer.name:12} {report.brief(name, out)}",
                           file=sys.stderr, flush=True)
-    return results
 
 
 def machine() -> dict:
@@ -316,19 +353,24 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     before = labmod.current()
     meta = {**machine(), "repeat": args.repeat, "chunks": args.chunks, "small": args.small, "streams": args.streams}
-    try:
-        results = run_suite(args)
-    finally:
-        now = labmod.current()
-        if before is None:
-            labmod.down()
-        elif now is not None and now.delay_ms != before.delay_ms:
-            labmod.set_delay(before.delay_ms)  # leave a lab we found running as we found it
-    text = report.markdown(results, meta)
-    print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
-    stem.with_suffix(".json").write_text(json.dumps({"benchmark": "suite", "meta": meta, "results": results}, indent=1))
+    results: dict = {}
+
+    def save(done: bool = False) -> None:  # after every run: an interrupted suite keeps what it measured
+        stem.with_suffix(".json").write_text(json.dumps(
+            {"benchmark": "suite", "complete": done, "meta": meta, "results": results}, indent=1))
+
+    try:
+        run_suite(args, results, save)
+    finally:
+        if before is None:
+            labmod.down()
+        elif labmod.current() is None or labmod.current().delay_ms != before.delay_ms:
+            lab_at(2 * before.delay_ms)  # leave a lab we found running at the delay we found it
+    save(done=True)
+    text = report.markdown(results, meta)
+    print(text)
     stem.with_suffix(".md").write_text(text + "\n")
     report.chart(results, meta, stem.with_suffix(".png"))
     for ext in (".json", ".md", ".png"):

@@ -4,14 +4,14 @@ Brings the lab up (unless it is), then runs, with a progress display:
   - 30 downloads of 2 MB, each by a new curl process, over HTTP and HTTPS: through Squid
     the usual way (`curl -x`, a new proxy connection per chunk) and with Atlantic up
     (plain curl, no proxy setting: Atlantic's warm, shared connections);
-  - yt-dlp downloading the lab's HLS stream (Debian's yt-dlp opens a new connection per
-    segment): with `--proxy`, and with Atlantic up;
+  - Debian's yt-dlp (/usr/bin/yt-dlp: it opens a new connection per segment) downloading
+    the lab's HLS stream: with `--proxy`, and with Atlantic up;
 prints the comparison and takes the lab down again if it started it.
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 import statistics
 from dataclasses import dataclass
 
@@ -46,7 +46,7 @@ def run_demo(chunks: int = 30, delay_ms: float = 20, keep_lab: bool = False, ytd
     console.print(f"lab up: RTT {2 * delay_ms:g} ms between client, proxy and origin; "
                   f"Squid at {env.proxy_ip}:{env.squid_port}")
     rows: list[Row] = []
-    use_ytdlp = ytdlp and shutil.which("yt-dlp") is not None
+    use_ytdlp = ytdlp and os.access(w.DEBIAN_YTDLP, os.X_OK)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console) as progress:
@@ -66,12 +66,12 @@ def run_demo(chunks: int = 30, delay_ms: float = 20, keep_lab: bool = False, ytd
                                 statistics.median(plain), statistics.median(pooled)))
             if use_ytdlp:
                 task = progress.add_task("yt-dlp HLS, --proxy Squid", total=1)
-                plain_s = w.ytdlp_seconds(env, env.proxy_url)
+                plain_s = w.ytdlp_seconds(env, env.proxy_url, exe=w.DEBIAN_YTDLP)
                 progress.advance(task)
                 task = progress.add_task("yt-dlp HLS, Atlantic", total=1)
                 w.atlantic_up(env, env.proxy_url)
                 try:
-                    pooled_s = w.ytdlp_seconds(env, None)
+                    pooled_s = w.ytdlp_seconds(env, None, exe=w.DEBIAN_YTDLP)
                 finally:
                     w.atlantic_down(env)
                 progress.advance(task)
@@ -88,7 +88,7 @@ def run_demo(chunks: int = 30, delay_ms: float = 20, keep_lab: bool = False, ytd
                       f"{r.without / r.with_atlantic:.2f}x")
     console.print(table)
     if not use_ytdlp and ytdlp:
-        console.print("yt-dlp is not installed (packaging/setup.sh installs it): its workload was skipped")
+        console.print(f"{w.DEBIAN_YTDLP} is not installed (packaging/setup.sh installs it): its workload was skipped")
     console.print("HTTPS can only win the proxy leg (each TLS session is end to end); plain HTTP rides "
                   "one warm connection. Details: README, 'Measured'.")
     return rows

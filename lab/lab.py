@@ -299,6 +299,7 @@ def _restart_delayline(delay_ms: float) -> LabEnv:
         terminate([old])
     try:
         state["pids"]["delayline"] = services.start_delayline(STATE_DIR, delay_ms)
+        netns.forget_tcp_metrics()
     except (services.ServiceError, CommandError) as e:
         raise LabError(f"restarting the delay line failed: {e}") from None
     state["env"]["delay_ms"] = delay_ms

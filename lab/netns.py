@@ -59,6 +59,20 @@ def create_namespaces() -> None:
     for role in ROLES:
         _ip(role, "link", "set", "lo", "up")
         _sysctl(role, {"net.ipv4.tcp_congestion_control": "cubic"})
+    forget_tcp_metrics()
+
+
+def forget_tcp_metrics() -> None:
+    """Make every new connection start from scratch: no per-destination TCP metrics kept.
+
+    Linux remembers ssthresh, cwnd and reordering per destination and seeds new connections
+    with them, so a run at one delay would shape the next run's slow start (after a run at
+    delay 0 the lab's hosts held "reordering 300" for each other). Called at creation and
+    whenever the delay changes.
+    """
+    for role in ROLES:
+        _sysctl(role, {"net.ipv4.tcp_no_metrics_save": "1"})
+        run(["ip", "netns", "exec", ns_name(role), "ip", "tcp_metrics", "flush", "all"], check=False)
 
 
 def create_links() -> None:

@@ -15,6 +15,10 @@ from collections.abc import Callable
 
 from atlantic.lab.topology import LabEnv
 
+# Debian's yt-dlp (urllib: a new connection per segment); PyPI's yt-dlp[default] in the
+# virtual environment keeps its connections (requests) and is the benchmarks' ideal client.
+DEBIAN_YTDLP = "/usr/bin/yt-dlp"
+
 
 def ns(env: LabEnv, argv: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProcess:
     """Run ``argv`` in the lab's client namespace (text output), bounded in time."""
