@@ -67,3 +67,12 @@ def test_chart_writes_a_png(tmp_path):
     out = tmp_path / "chart.png"
     report.chart(results(), META, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_merge_adds_repeats_and_keeps_skips():
+    a = {"results": {"40": {"small": {"ideal": [{"p50": 1.0}]}, "ytdlp-pypi": {"skipped": "no"}}}}
+    b = {"results": {"40": {"small": {"ideal": [{"p50": 3.0}], "atlantic h1": [{"p50": 2.0}]}},
+                     "0": {"small": {"ideal": [{"p50": 0.5}]}}}}
+    merged = report.merge([a, b])
+    assert merged["40"]["small"]["ideal"] == [{"p50": 1.0}, {"p50": 3.0}]
+    assert merged["40"]["ytdlp-pypi"] == {"skipped": "no"} and merged["0"]["small"]["ideal"] == [{"p50": 0.5}]
