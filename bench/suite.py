@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # bench/report.py: the tables and the chart
 
 from atlantic import lab as labmod
+from atlantic.client.config import DaemonConfig
 from atlantic.client.control import ControlError, request
 from atlantic.client.state import StatePaths
 from atlantic.lab import singbox
@@ -65,7 +66,6 @@ from atlantic.lab.topology import LabEnv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-DEBIAN_YTDLP = w.DEBIAN_YTDLP
 PYPI_YTDLP = str(Path(sys.executable).parent / "yt-dlp")
 STATUS_EVERY_S = 0.02
 RSS_EVERY_S = 0.25
@@ -115,7 +115,8 @@ def running(env, peer: Peer):
 
 
 def control_socket(env) -> Path:
-    return StatePaths(Path("/run/atlantic") / f"net{os.stat(f'/run/netns/{env.client_ns}').st_ino}").control_socket
+    """The control socket of the daemon in the lab's client namespace (default state_dir)."""
+    return StatePaths.for_namespace(DaemonConfig().state_dir, f"/run/netns/{env.client_ns}").control_socket
 
 
 def status(env) -> dict:
@@ -262,7 +263,7 @@ def wait_proxy_idle(env, timeout: float = 90.0) -> None:
 WORKLOADS = {
     "chunks-http": (chunks("http"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
     "chunks-https": (chunks("https"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
-    "ytdlp-debian": (ytdlp(DEBIAN_YTDLP), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
+    "ytdlp-debian": (ytdlp(w.DEBIAN_YTDLP), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
     "ytdlp-pypi": (ytdlp(PYPI_YTDLP), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
     "small": (small, ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
     "bulk1": (bulk(1), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
@@ -273,7 +274,7 @@ WORKLOADS = {
 
 def missing(workload: str) -> str | None:
     """Why a workload cannot run on this machine (a program is missing), or None."""
-    needs = {"ytdlp-debian": DEBIAN_YTDLP, "ytdlp-pypi": PYPI_YTDLP}.get(workload)
+    needs = {"ytdlp-debian": w.DEBIAN_YTDLP, "ytdlp-pypi": PYPI_YTDLP}.get(workload)
     if needs and not os.access(needs, os.X_OK):
         return f"{needs} is not installed"
     return None

@@ -27,9 +27,9 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from atlantic.lab.throwaway import thread_in_netns
-from pathlib import Path
 
 LISTEN = ("198.18.0.1", 7890)
 DEST = ("10.123.0.9", 80)
@@ -84,11 +84,6 @@ def serve(mtu: int, offload: bool, mode: str) -> None:
 
 
 # -- driver side ---------------------------------------------------------------------
-
-
-def netns():
-    """A fresh atlt-stk-bench-* namespace with lo up; the calling thread is inside it meanwhile."""
-    return thread_in_netns("atlt-stk-bench-")
 
 
 @contextmanager
@@ -188,7 +183,7 @@ def main() -> None:
         for off in (False, True)
     ]
     results: dict = {}
-    with netns() as ns:
+    with thread_in_netns("atlt-stk-bench-") as ns:  # this thread inside a fresh namespace
         for rnd in range(args.rounds):  # interleave variants: the machine is shared and noisy
             for mtu, off, mode in variants:
                 key = f"{mode} mtu={mtu} offload={'on' if off else 'off'}"

@@ -23,6 +23,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/atlantic/atlantic.toml")
 CONFIG_ENV = "ATLANTIC_CONFIG"
 
 
+DEFAULT_DNS_RESOLVER = "9.9.9.9:53"  # Quad9: what non-A/AAAA queries go to, through the upstream
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigProblem:
     """One thing wrong with a config: where (``key``) and what is expected."""
@@ -98,7 +101,7 @@ class CaptureConfig:
     allow_interfaces: tuple[str, ...] = ()
     ports: tuple[int, ...] = ()
     other_ports: str = "tunnel"
-    dns_resolver: str = "9.9.9.9:53"
+    dns_resolver: str = DEFAULT_DNS_RESOLVER
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,12 +271,12 @@ def _str_list(r: _Reader, key: str, expect: str, check) -> tuple[str, ...]:
 def _resolver(r: _Reader) -> str:
     from atlantic.interceptor.dnsintercept import parse_resolver
 
-    value = r.get("dns_resolver", str, "9.9.9.9:53", "a resolver as address:port, e.g. 9.9.9.9:53")
+    value = r.get("dns_resolver", str, DEFAULT_DNS_RESOLVER, "a resolver as address:port, e.g. 9.9.9.9:53")
     try:
         parse_resolver(value)
     except ValueError as exc:
         r._bad("dns_resolver", f"expected a resolver as address:port, e.g. 9.9.9.9:53 ({exc})")
-        return "9.9.9.9:53"
+        return DEFAULT_DNS_RESOLVER
     return value
 
 

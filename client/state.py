@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def netns_id() -> str:
-    """A name for this process's network namespace (its inode), stable while it exists."""
-    return f"net{os.stat('/proc/self/ns/net').st_ino}"
+def netns_id(ns_file: str = "/proc/self/ns/net") -> str:
+    """A name for a network namespace (its inode; default: this process's), stable while it exists."""
+    return f"net{os.stat(ns_file).st_ino}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,9 +26,10 @@ class StatePaths:
     dir: Path
 
     @classmethod
-    def for_namespace(cls, state_dir: Path) -> StatePaths:
-        """The paths under ``state_dir`` for the current network namespace."""
-        return cls(state_dir / netns_id())
+    def for_namespace(cls, state_dir: Path, ns_file: str = "/proc/self/ns/net") -> StatePaths:
+        """The paths under ``state_dir`` for a network namespace (default: the current one;
+        else a bound namespace file such as ``/run/netns/<name>``)."""
+        return cls(state_dir / netns_id(ns_file))
 
     @property
     def state_file(self) -> Path:

@@ -20,9 +20,9 @@ from atlantic.lab.topology import LabEnv
 DEBIAN_YTDLP = "/usr/bin/yt-dlp"
 
 
-def ns(env: LabEnv, argv: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProcess:
+def ns(lab: LabEnv, argv: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProcess:
     """Run ``argv`` in the lab's client namespace (text output), bounded in time."""
-    return subprocess.run(["ip", "netns", "exec", env.client_ns, *argv], capture_output=True, text=True,
+    return subprocess.run(["ip", "netns", "exec", lab.client_ns, *argv], capture_output=True, text=True,
                           timeout=timeout, **kw)
 
 
@@ -86,53 +86,6 @@ def ytdlp_seconds(env: LabEnv, proxy: str | None, exe: str = "yt-dlp") -> float:
     return took
 
 
-SMALL_CLIENT = r"""
-import base64, json, socket, sys, time
-mode, proxy_ip, proxy_port, user, pw, origin_ip, host, n = sys.argv[1:9]
-auth = base64.b64encode(f"{user}:{pw}".encode()).decode()
-def read_response(s, buf):
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise EOFError("connection closed before the response head")
-        buf += chunk
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
-    while len(rest) < length:
-        rest += s.recv(65536)
-    return rest[length:]
-def request(target, close):
-    extra = f"Proxy-Authorization: Basic {auth}\r\n" if target.startswith("http") else ""
-    return (f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}"
-            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
-times, t_start = [], time.perf_counter()
-if mode == "ideal":
-    s = socket.create_connection((proxy_ip, int(proxy_port)), timeout=30)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = b""
-    for _ in range(int(n)):
-        t = time.perf_counter()
-        s.sendall(request(f"http://{host}/small", close=False))
-        buf = read_response(s, buf)
-        times.append(time.perf_counter() - t)
-else:
-    for _ in range(int(n)):
-        t = time.perf_counter()
-        if mode == "proxy":
-            s = socket.create_connection((proxy_ip, int(proxy_port)), timeout=30)
-            req = request(f"http://{host}/small", close=True)
-        else:
-            s = socket.create_connection((origin_ip, 80), timeout=30)
-            req = request("/small", close=True)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(req)
-        read_response(s, b"")
-        times.append(time.perf_counter() - t)
-        s.close()
-print(json.dumps({"times": times, "wall": time.perf_counter() - t_start}))
-"""
-
-
 def small_requests(env: LabEnv, mode: str, n: int) -> dict:
     """``n`` requests for /small (~100 B), one after another; per-request seconds and wall time.
 
@@ -140,8 +93,10 @@ def small_requests(env: LabEnv, mode: str, n: int) -> dict:
     application does), ``proxy`` a new connection to Squid per request (absolute-form),
     ``ideal`` one keep-alive connection to Squid for all of them.
     """
-    res = ns(env, [sys.executable, "-c", SMALL_CLIENT, mode, env.proxy_ip, str(env.squid_port), env.proxy_user,
-                   env.proxy_password, env.origin_ip, env.origin_host, str(n)])
+    server = f"{env.origin_ip}:80" if mode == "plain" else f"{env.proxy_ip}:{env.squid_port}"
+    res = ns(env, [sys.executable, "-m", "atlantic.lab.measure", "small", mode, server, env.origin_host,
+                   "--count", str(n), "--auth-env", "LAB_PROXY_AUTH"],
+             env={**os.environ, "LAB_PROXY_AUTH": f"{env.proxy_user}:{env.proxy_password}"})
     if res.returncode != 0:
         raise RuntimeError(f"small requests ({mode}) failed: {res.stderr.strip()[-300:]}")
     return json.loads(res.stdout)

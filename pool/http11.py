@@ -166,8 +166,9 @@ class H1Connection:
             return not self.transport.writer.is_closing()
         return False
 
-    def can_reuse_after_splice(self) -> bool:
-        """After a body went around h11 (spliced): may the next request go here?
+    def restart_after_splice(self) -> bool:
+        """After a body went around h11 (spliced): make the connection ready for the next
+        request, if it may carry one; True if so.
 
         h11 still waits for that body, so a fresh h11 connection takes over. Our state
         is DONE unless either side's head disabled keep-alive (then MUST_CLOSE).
@@ -244,7 +245,7 @@ class H1ResponseStream:
             raise RemoteProtocolError(f"{conn.name} broke off mid-body ({result.error})")
         self._done = True
         # bytes past the body, unasked for: the connection's framing cannot be trusted
-        self._release(len(held) <= length and conn.can_reuse_after_splice())
+        self._release(len(held) <= length and conn.restart_after_splice())
 
     async def aclose(self) -> None:
         """Release: reused if the body was complete, else the connection is closed."""

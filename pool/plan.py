@@ -122,8 +122,8 @@ class PoolPlan:
     used first) to make room; ``idle_timeout``: seconds before an idle one is closed.
     """
 
-    max_per_key: int = 8
-    max_total: int = 64
+    max_per_key: int = 128
+    max_total: int = 256
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
     conns: list[ConnRecord] = field(default_factory=list)
     waiting: deque[Waiter] = field(default_factory=deque)

@@ -249,6 +249,17 @@ def test_a_reply_being_written_survives_close(state_dir):
     assert request(server.path, "stop", timeout=10) == {"state": "stopping"}
 
 
+def ask_status(daemon: Daemon) -> dict:
+    """Serve the daemon's control socket on a running loop; ask `status` from another thread."""
+    async def go():
+        server = await serving(daemon)
+        reply = await asyncio.to_thread(request, daemon.paths.control_socket, "status")
+        await asyncio.to_thread(server.close)
+        return reply
+
+    return run(go())
+
+
 def test_status_retries_when_a_dict_changes_under_it(state_dir):
     """A "changed size during iteration" while copying counters is retried on the control thread."""
     daemon = make_daemon(state_dir)
@@ -262,14 +273,7 @@ def test_status_retries_when_a_dict_changes_under_it(state_dir):
 
     daemon.dispatcher.counters = flaky
 
-    async def go():
-        server = await serving(daemon)
-        reply = await asyncio.to_thread(request, daemon.paths.control_socket, "status")
-        await asyncio.to_thread(server.close)
-        return reply
-
-    reply = run(go())
-    assert reply["flows_total"] == 0
+    assert ask_status(daemon)["flows_total"] == 0
     assert daemon.dispatcher.calls[0] is not threading.main_thread()
 
 
@@ -285,13 +289,7 @@ def test_status_falls_back_to_the_loop_when_retries_keep_failing(state_dir):
 
     daemon.dispatcher.counters = only_on_the_loop
 
-    async def go():
-        server = await serving(daemon)
-        reply = await asyncio.to_thread(request, daemon.paths.control_socket, "status")
-        await asyncio.to_thread(server.close)
-        return reply
-
-    assert run(go())["flows_total"] == 0
+    assert ask_status(daemon)["flows_total"] == 0
     assert daemon.dispatcher.calls == [threading.main_thread()]
 
 
