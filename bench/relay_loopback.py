@@ -107,7 +107,7 @@ async def _relay_recv_into(a: socket.socket, b: socket.socket) -> None:
 
 
 async def _trial(variant: str, size: int, direction: str) -> dict:
-    from atlantic.forwarder.relay import relay
+    from atlantic.pool.splice import relay
 
     loop = asyncio.get_running_loop()
     sink = socket.create_server(("127.0.0.1", 0))

@@ -48,7 +48,7 @@ def _require_root(what: str) -> None:
 
 def _load(config: str | None, upstream: str | None = None):
     from atlantic.client.config import ConfigError, load_config
-    from atlantic.forwarder.upstream import parse_upstream
+    from atlantic.pool.upstream import parse_upstream
 
     try:
         cfg = load_config(config)
@@ -165,7 +165,7 @@ def config_check(
 
 
 def _redacted(url: str) -> str:
-    from atlantic.forwarder.upstream import parse_upstream
+    from atlantic.pool.upstream import parse_upstream
 
     return parse_upstream(url).redacted()
 

@@ -202,7 +202,7 @@ class _Reader:
 
 
 def _read_upstream(table: dict[str, Any], problems: list[ConfigProblem]) -> UpstreamConfig:
-    from atlantic.forwarder.upstream import parse_upstream
+    from atlantic.pool.upstream import parse_upstream
 
     r = _Reader(table, "upstream", problems)
     url = r.get("url", str, "direct", "a URL: direct, http://user@host:port or https://user@host:port")
@@ -269,7 +269,7 @@ def _str_list(r: _Reader, key: str, expect: str, check) -> tuple[str, ...]:
 
 
 def _resolver(r: _Reader) -> str:
-    from atlantic.interceptor.dnsintercept import parse_resolver
+    from atlantic.dns.intercept import parse_resolver
 
     value = r.get("dns_resolver", str, DEFAULT_DNS_RESOLVER, "a resolver as address:port, e.g. 9.9.9.9:53")
     try:

@@ -24,9 +24,10 @@ from atlantic.client.config import Config
 from atlantic.client.control import ControlServer
 from atlantic.client.state import StatePaths, remove_state, write_state
 from atlantic.forwarder.dispatch import Dispatcher
-from atlantic.forwarder.upstream import Upstream, parse_upstream
-from atlantic.interceptor import fakeip, killswitch, routing
-from atlantic.interceptor.dnsintercept import DnsInterceptor
+from atlantic.pool.upstream import Upstream, parse_upstream
+from atlantic.dns import fakeip
+from atlantic.system import killswitch, routing
+from atlantic.dns.intercept import DnsInterceptor
 from atlantic.interceptor.policy import default_policy
 from atlantic.pool.pool import UpstreamPool
 from atlantic.pool.proxyurl import ProxyConfig

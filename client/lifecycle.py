@@ -129,7 +129,7 @@ def _wait_exit(pid: int, timeout: float) -> bool:
 
 def cleanup_leftovers(cfg: Config) -> list[str]:
     """Undo what a state file records (after a crash); returns lines for steps that failed."""
-    from atlantic.interceptor import routing
+    from atlantic.system import routing
 
     paths = _paths(cfg)
     state = read_state(paths)
@@ -137,7 +137,7 @@ def cleanup_leftovers(cfg: Config) -> list[str]:
         return []
     failures = []
     if state.get("killswitch"):
-        from atlantic.interceptor import killswitch
+        from atlantic.system import killswitch
 
         try:
             killswitch.remove()

@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from atlantic.forwarder.errors import UpstreamError
+from atlantic.pool.errors import UpstreamError
 from atlantic.forwarder.http1 import HttpCounters, serve_http
-from atlantic.forwarder.relay import RelayCounters, abort_socket, relay
+from atlantic.pool.splice import RelayCounters, abort_socket, relay
 from atlantic.forwarder.sniff import FlowKind, sniff
 from atlantic.forwarder.stream_relay import relay_stream
-from atlantic.forwarder.upstream import Upstream
-from atlantic.interceptor.dnsintercept import DnsInterceptor
+from atlantic.pool.upstream import Upstream
+from atlantic.dns.intercept import DnsInterceptor
 from atlantic.pool.api import Pool
 
 log = logging.getLogger("atlantic.forwarder")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 
 import h11
 
-from atlantic.forwarder.errors import RemoteProtocolError, UpstreamError
+from atlantic.pool.errors import RemoteProtocolError, UpstreamError
 from atlantic.forwarder.http1_body import RequestBody, body_length
 from atlantic.forwarder.http1_heads import (
     BadRequest,

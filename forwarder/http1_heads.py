@@ -13,7 +13,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from atlantic.forwarder.errors import (
+from atlantic.pool.errors import (
     RemoteProtocolError,
     UpstreamAuthError,
     UpstreamError,

@@ -17,7 +17,7 @@ import asyncio
 import signal
 import struct
 
-from atlantic.interceptor import dns
+from atlantic.dns import message as dns
 from atlantic.lab.topology import ORIGIN_NAME, PROXY_ONLY_NAMES, host_ip
 
 TTL = 60

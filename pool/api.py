@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from atlantic.forwarder.relay import ByteCounters
+    from atlantic.pool.splice import ByteCounters
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -131,7 +131,7 @@ class Pool(Protocol):
     async def request(self, head: RequestHead, body: AsyncIterator[bytes] | None) -> ResponseStream:
         """Send one request (body streamed from ``body``); returns once the response head is in.
 
-        Raises the errors of ``atlantic.forwarder.errors``: ``UpstreamUnreachableError`` /
+        Raises the errors of ``atlantic.pool.errors``: ``UpstreamUnreachableError`` /
         ``UpstreamTimeoutError`` (no connection), ``UpstreamAuthError`` (407 from the proxy)
         and ``RemoteProtocolError`` (the upstream broke HTTP).
         """

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from atlantic.forwarder.errors import UpstreamError
-from atlantic.forwarder.upstream import UpstreamKind
+from atlantic.pool.errors import UpstreamError
+from atlantic.pool.upstream import UpstreamKind
 from atlantic.pool.http11 import H1Connection
 
 if TYPE_CHECKING:

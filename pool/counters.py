@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
-__all__ = ["Counters", "KeepAlive", "PingAction", "percentile"]
+__all__ = ["Counters", "percentile"]
 
 TTFB_WINDOW = 1000
 
@@ -38,43 +37,3 @@ class Counters:
         for q in (50, 95, 99):
             out[f"ttfb_ms_p{q}"] = round(percentile(values, q), 2) if values else None
         return out
-
-
-@dataclass(frozen=True, slots=True)
-class PingAction:
-    """What the HTTP/2 keep-alive timer should do now: ``"ping"``, ``"dead"`` or ``"wait"``."""
-
-    kind: str
-    wait: float  # seconds until the timer should look again
-
-
-class KeepAlive:
-    """HTTP/2 PING scheduling: ping after ``interval`` s of silence, dead after ``timeout`` more.
-
-    The connection reports every frame received (:meth:`on_activity`) and every PING
-    sent; :meth:`due` says what to do. Pure: ``now`` comes in.
-    """
-
-    __slots__ = ("interval", "timeout", "_last_rx", "_ping_sent")
-
-    def __init__(self, now: float, interval: float = 20.0, timeout: float = 10.0) -> None:
-        self.interval, self.timeout = interval, timeout
-        self._last_rx = now
-        self._ping_sent: float | None = None
-
-    def on_activity(self, now: float) -> None:
-        """A frame came in: the peer is alive (a PING ACK counts too)."""
-        self._last_rx = now
-        self._ping_sent = None
-
-    def on_ping_sent(self, now: float) -> None:
-        """We sent a PING and wait for its ACK."""
-        self._ping_sent = now
-
-    def due(self, now: float) -> PingAction:
-        """Ping, declare dead, or wait (with how long)."""
-        if self._ping_sent is not None:
-            left = self._ping_sent + self.timeout - now
-            return PingAction("dead", 0.0) if left <= 0 else PingAction("wait", left)
-        left = self._last_rx + self.interval - now
-        return PingAction("ping", self.timeout) if left <= 0 else PingAction("wait", left)

@@ -3,7 +3,7 @@ plus the small HTTP/2 response stream wrapper)."""
 
 from __future__ import annotations
 
-from atlantic.forwarder.errors import UpstreamAuthError
+from atlantic.pool.errors import UpstreamAuthError
 from atlantic.pool.api import RequestHead, ResponseHead
 from atlantic.pool.h2conn import H2Stream
 from atlantic.pool.http11 import HOP_BY_HOP, response_head
@@ -37,7 +37,7 @@ def h2_connect_headers(authority: str, proxy_authorization: str | None) -> list[
 
 
 def auth_error(proxy: str, what: str, reason: str = "Proxy Authentication Required") -> UpstreamAuthError:
-    """The one-line 407 error for a request (CONNECT has its own in forwarder.connect)."""
+    """The one-line 407 error for a request (CONNECT has its own in pool.connect)."""
     return UpstreamAuthError(
         f"proxy {proxy} rejected the credentials (407 {reason}) for {what}: "
         "check the user name and password", 407)

@@ -10,6 +10,7 @@ only as the caller consumes it, so a slow reader holds the sender back.
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 from collections import deque
 from collections.abc import Callable
@@ -21,15 +22,23 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from atlantic.forwarder.errors import RemoteProtocolError, UpstreamError
-from atlantic.pool.counters import KeepAlive
+from atlantic.pool.errors import RemoteProtocolError, UpstreamError
+from atlantic.pool.keepalive import KeepAlive, PingKind
 from atlantic.pool.http11 import ConnectionLost
 from atlantic.pool.transport import Transport
 
-__all__ = ["H2Connection", "H2Stream", "WINDOW"]
+__all__ = ["H2Connection", "H2Event", "H2Stream", "WINDOW"]
 
 WINDOW = 1 << 24
 _S = h2.settings.SettingCodes
+
+
+class H2Event(enum.Enum):
+    """What a connection tells its owner (the pool) as it happens."""
+
+    SETTINGS = "settings"  # the peer's SETTINGS arrived or changed (max streams)
+    GOAWAY = "goaway"  # the peer will take no new streams
+    CLOSED = "closed"  # the connection is gone
 
 
 class H2Stream:
@@ -165,10 +174,10 @@ class H2Stream:
 
 
 class H2Connection:
-    """An HTTP/2 client connection; ``on_event(name)`` tells the pool about settings/GOAWAY/close."""
+    """An HTTP/2 client connection; ``on_event(H2Event)`` tells the pool about settings/GOAWAY/close."""
 
     def __init__(self, transport: Transport, *, name: str, clock: Callable[[], float],
-                 on_event: Callable[[str], None], ping_interval: float = 20.0,
+                 on_event: Callable[[H2Event], None], ping_interval: float = 20.0,
                  ping_timeout: float = 10.0) -> None:
         self.transport = transport
         self.name = name
@@ -325,7 +334,7 @@ class H2Connection:
                 s._wake.set()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._settings.set()
-            self.on_event("settings")
+            self.on_event(H2Event.SETTINGS)
             for s in self.streams.values():
                 s._wake.set()  # INITIAL_WINDOW_SIZE may have grown
         elif isinstance(event, h2.events.ConnectionTerminated):
@@ -335,15 +344,15 @@ class H2Connection:
                 if sid > last:  # never processed by the peer: safe to retry elsewhere
                     s._on_error(ConnectionLost(f"{self.name} sent GOAWAY", retryable=True))
                     s._close()
-            self.on_event("goaway")
+            self.on_event(H2Event.GOAWAY)
 
     async def _pinger(self) -> None:
         while not self.closed:
             action = self.keepalive.due(self.clock())
-            if action.kind == "dead":
+            if action.kind is PingKind.DEAD:
                 self._fail(ConnectionLost(f"{self.name}: no answer to PING", retryable=False))
                 return
-            if action.kind == "ping":
+            if action.kind is PingKind.PING:
                 self.h2.ping(os.urandom(8))
                 self._flush()
                 self.keepalive.on_ping_sent(self.clock())
@@ -358,7 +367,7 @@ class H2Connection:
             s._close()
         self._settings.set()
         self.transport.abort()
-        self.on_event("closed")
+        self.on_event(H2Event.CLOSED)
 
     def forget(self, sid: int) -> None:
         """Drop a finished stream; on GOAWAY the last one closes the connection."""
@@ -377,7 +386,7 @@ class H2Connection:
                 s._on_error(ConnectionLost(f"{self.name}: connection closed", retryable=False))
                 s._close()
             await self.transport.aclose()
-            self.on_event("closed")
+            self.on_event(H2Event.CLOSED)
         for t in list(self._tasks):
             if t is not asyncio.current_task():
                 t.cancel()

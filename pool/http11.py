@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Callable
 
 import h11
 
-from atlantic.forwarder.errors import RemoteProtocolError, UpstreamError
-from atlantic.forwarder.relay import ByteCounters, RelayEnd
+from atlantic.pool.errors import RemoteProtocolError, UpstreamError
+from atlantic.pool.splice import ByteCounters, RelayEnd
 from atlantic.pool.api import RequestHead, ResponseHead
 from atlantic.pool.transport import Transport
 

@@ -16,16 +16,16 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
-from atlantic.forwarder.connect import ConnectResponse, format_authority, raise_for_status
-from atlantic.forwarder.errors import RemoteProtocolError, UpstreamError, UpstreamTimeoutError
-from atlantic.forwarder.upstream import UpstreamKind
+from atlantic.pool.connect import ConnectResponse, format_authority, raise_for_status
+from atlantic.pool.errors import RemoteProtocolError, UpstreamError, UpstreamTimeoutError
+from atlantic.pool.upstream import UpstreamKind
 from atlantic.pool.api import RequestHead
 from atlantic.pool.background import expire_loop, refresh_loop, warm_loop
 from atlantic.pool.counters import Counters
 from atlantic.pool.exchange import (
     H2ResponseStream, auth_error, h2_connect_headers, h2_request_headers, h2_response_head,
 )
-from atlantic.pool.h2conn import H2Connection
+from atlantic.pool.h2conn import H2Connection, H2Event
 from atlantic.pool.http11 import ConnectionLost, H1Connection, H1ResponseStream
 from atlantic.pool.plan import ConnRecord, PoolKey, PoolPlan
 from atlantic.pool.proxyurl import ProxyConfig, ProxySnapshot, ProxyURLCache, proxy_key
@@ -358,15 +358,15 @@ class UpstreamPool:
             fut.set_result(rec)
         self._assign()
 
-    def _h2_event(self, rec: ConnRecord, event: str) -> None:
+    def _h2_event(self, rec: ConnRecord, event: H2Event) -> None:
         conn = self._conns.get(rec)
-        if event == "settings" and isinstance(conn, H2Connection):
+        if event is H2Event.SETTINGS and isinstance(conn, H2Connection):
             self.plan.update_max_streams(rec, conn.max_streams)
-        elif event == "goaway":
+        elif event is H2Event.GOAWAY:
             self.plan.on_goaway(rec)
             if rec.active == 0:
                 self._drop(rec)
-        elif event == "closed":
+        elif event is H2Event.CLOSED:
             self._conns.pop(rec, None)
             self.plan.on_closed(rec)
         self._assign()

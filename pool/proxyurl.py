@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from atlantic.forwarder.connect import basic_authorization
-from atlantic.forwarder.upstream import Upstream, UpstreamURLError, parse_upstream
+from atlantic.pool.connect import basic_authorization
+from atlantic.pool.upstream import Upstream, UpstreamURLError, parse_upstream
 from atlantic.pool.plan import PoolKey
 
 __all__ = ["ProxyConfig", "ProxySnapshot", "ProxyURLCache", "REFRESH_INTERVAL_S",

@@ -15,8 +15,8 @@ import ssl
 import struct
 from dataclasses import dataclass
 
-from atlantic.forwarder.errors import UpstreamTimeoutError, UpstreamUnreachableError
-from atlantic.forwarder.relay import ByteCounters, RelayEnd, RelayResult, splice_body
+from atlantic.pool.errors import UpstreamTimeoutError, UpstreamUnreachableError
+from atlantic.pool.splice import ByteCounters, RelayEnd, RelayResult, splice_body
 
 __all__ = ["Transport", "SocketStream", "open_transport", "proxy_tls_context", "READ_LIMIT"]
 
@@ -58,7 +58,7 @@ class Transport:
     async def splice_to(self, dst: socket.socket, count: int, *, first: bytes = b"",
                         counters: ByteCounters | None = None) -> RelayResult:
         """Send ``first``, then the next ``count`` bytes received here, to ``dst`` with
-        ``os.splice`` (see :func:`~atlantic.forwarder.relay.splice_body`): what the
+        ``os.splice`` (see :func:`~atlantic.pool.splice.splice_body`): what the
         StreamReader already holds goes first, nothing past ``count`` is read, and the
         connection stays usable afterwards. Plain TCP only (``is_plain_tcp``).
         """

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from atlantic.forwarder.connect import ConnectResponseParser, format_authority, raise_for_status
-from atlantic.forwarder.errors import RemoteProtocolError, UpstreamTimeoutError
+from atlantic.pool.connect import ConnectResponseParser, format_authority, raise_for_status
+from atlantic.pool.errors import RemoteProtocolError, UpstreamTimeoutError
 from atlantic.pool.transport import SocketStream, Transport
 
 __all__ = ["EarlyConnectStream", "WarmSet", "connect_request", "connect_over"]
@@ -57,7 +57,7 @@ async def connect_over(t: Transport, host: str, port: int, proxy_authorization: 
                        proxy: str, timeout: float = 10.0, early: bool = False) -> SocketStream:
     """CONNECT on ``t``; the tunnel as a ByteStream. Closes ``t`` on any error.
 
-    Raises the errors of :func:`atlantic.forwarder.connect.raise_for_status`
+    Raises the errors of :func:`atlantic.pool.connect.raise_for_status`
     (``UpstreamAuthError`` on 407), ``UpstreamTimeoutError`` or ``RemoteProtocolError``.
     """
     target = format_authority(host, port)

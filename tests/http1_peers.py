@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-from atlantic.forwarder.errors import RemoteProtocolError, UpstreamUnreachableError
+from atlantic.pool.errors import RemoteProtocolError, UpstreamUnreachableError
 from atlantic.forwarder.http1 import HttpCounters, serve_http
 from atlantic.pool.api import RequestHead, ResponseHead
 

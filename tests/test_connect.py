@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from atlantic.forwarder.connect import (
+from atlantic.pool.connect import (
     ConnectResponse,
     ConnectResponseParser,
     basic_authorization,
@@ -18,7 +18,7 @@ from atlantic.forwarder.connect import (
     format_authority,
     raise_for_status,
 )
-from atlantic.forwarder.errors import (
+from atlantic.pool.errors import (
     RemoteProtocolError,
     UpstreamAuthError,
     UpstreamNotSupportedError,
@@ -29,7 +29,7 @@ from atlantic.forwarder.errors import (
     UpstreamUnreachableError,
 )
 from atlantic.forwarder.tunnel import open_tunnel
-from atlantic.forwarder.upstream import DIRECT, parse_upstream
+from atlantic.pool.upstream import DIRECT, parse_upstream
 
 # -- request bytes
 
@@ -574,7 +574,7 @@ def test_squid_failures(squid_port, creds, target_port, error):
 
 def test_squid_tunnel_relayed_end_to_end(squid_port):
     """app <-> relay <-> Squid tunnel <-> echo: 4 MiB round trip intact, then a clean close."""
-    from atlantic.forwarder.relay import RelayEnd, relay
+    from atlantic.pool.splice import RelayEnd, relay
 
     async def main():
         loop = asyncio.get_running_loop()
@@ -611,7 +611,7 @@ def test_squid_tunnel_relayed_end_to_end(squid_port):
 
 def test_mark_without_cap_net_admin(monkeypatch):
     """Without CAP_NET_ADMIN, setting the mark fails with one clear line (an UpstreamError)."""
-    from atlantic.forwarder.errors import MarkPermissionError, UpstreamError
+    from atlantic.pool.errors import MarkPermissionError, UpstreamError
 
     real = socket.socket.setsockopt
 

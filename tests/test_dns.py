@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRROPT
 
-from atlantic.interceptor import dns
+from atlantic.dns import message as dns
 
 
 def query(name="www.example.com", qtype="A", qid=0x1234, edns=None, **kw) -> bytes:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.dns import DNS, DNSQR
 
-from atlantic.interceptor import dns
+from atlantic.dns import message as dns
 from atlantic.lab import dnsserver
 from atlantic.lab.services import render_template
 from atlantic.lab.topology import PROXY_ONLY_NAMES, LabEnv, hosts_file
@@ -160,25 +160,20 @@ def squid_ns():
 
 _CLIENT = r"""
 import asyncio, json, sys
-from atlantic.forwarder.tunnel import open_tunnel
-from atlantic.forwarder.upstream import parse_upstream
-from atlantic.interceptor import dns
-from atlantic.interceptor.dnsintercept import DnsInterceptor
-from atlantic.interceptor.fakeip import FakeIpPool
-
-up = parse_upstream(sys.argv[1])
-
-async def opener(host, port):
-    return await open_tunnel(up, host, port, mark=None, timeout=5)
+from atlantic.pool.pool import UpstreamPool
+from atlantic.dns import message as dns
+from atlantic.dns.intercept import DnsInterceptor
+from atlantic.dns.fakeip import FakeIpPool
 
 async def main():
     out = {}
-    for resolver in sys.argv[2:]:
-        d = DnsInterceptor(FakeIpPool(), open_tunnel=opener, resolver=resolver, timeout_s=8)
-        raw = (bytes.fromhex("abcd01000001000000000000") + dns.text_to_wire("origin.test")
-               + bytes.fromhex("000f0001"))
-        reply = await d.resolve(dns.parse_query(raw), raw)
-        out[resolver] = reply.hex()
+    async with UpstreamPool(sys.argv[1], warm_tunnels=0, connect_timeout=5) as pool:
+        for resolver in sys.argv[2:]:
+            d = DnsInterceptor(FakeIpPool(), open_tunnel=pool.open_tunnel, resolver=resolver, timeout_s=8)
+            raw = (bytes.fromhex("abcd01000001000000000000") + dns.text_to_wire("origin.test")
+                   + bytes.fromhex("000f0001"))
+            reply = await d.resolve(dns.parse_query(raw), raw)
+            out[resolver] = reply.hex()
     print(json.dumps(out))
 
 asyncio.run(main())

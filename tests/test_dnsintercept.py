@@ -12,11 +12,11 @@ from scapy.layers.dns import DNS, DNSQR, DNSRROPT
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
-from atlantic.interceptor import dns
-from atlantic.interceptor.dnsintercept import (
+from atlantic.dns import message as dns
+from atlantic.dns.intercept import (
     DROP, DnsInterceptor, build_udp_reply, parse_resolver,
 )
-from atlantic.interceptor.fakeip import FakeIpPool
+from atlantic.dns.fakeip import FakeIpPool
 from atlantic.interceptor.packet import parse
 from atlantic.lab import dnsserver
 

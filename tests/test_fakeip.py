@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atlantic.interceptor.fakeip import FakeIpPool, load, save
+from atlantic.dns.fakeip import FakeIpPool, load, save
 
 
 def ip(raw: bytes) -> str:

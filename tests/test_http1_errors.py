@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from http1_peers import LoopbackPool, Origin, app_flow, read_response
 
-from atlantic.forwarder.errors import (
+from atlantic.pool.errors import (
     RemoteProtocolError,
     UpstreamAuthError,
     UpstreamTimeoutError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atlantic.forwarder.errors import (
+from atlantic.pool.errors import (
     RemoteProtocolError,
     UpstreamAuthError,
     UpstreamTargetError,

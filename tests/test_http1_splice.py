@@ -8,7 +8,7 @@ import contextlib
 import pytest
 from http1_peers import Origin, app_flow, read_response
 
-from atlantic.forwarder.relay import abort_socket
+from atlantic.pool.splice import abort_socket
 from atlantic.pool.http11 import H1ResponseStream
 from atlantic.pool.pool import UpstreamPool
 

@@ -7,7 +7,7 @@ import socket
 
 from http1_peers import LoopbackPool, LoopbackStream, Origin, app_flow, read_response
 
-from atlantic.forwarder.errors import UpstreamAuthError
+from atlantic.pool.errors import UpstreamAuthError
 from atlantic.forwarder.stream_relay import relay_stream
 
 

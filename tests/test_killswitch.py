@@ -23,7 +23,7 @@ from test_leak_netns import (
     veth_pair,
 )
 
-from atlantic.interceptor import killswitch as K
+from atlantic.system import killswitch as K
 
 EXPECTED = """\
 add table inet atlantic

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from atlantic.interceptor import killswitch, routing
+from atlantic.system import killswitch, routing
 from atlantic.interceptor.policy import DROP, default_policy
 from atlantic.interceptor.stack import SystemStack
 

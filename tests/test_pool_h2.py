@@ -12,7 +12,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from atlantic.forwarder.errors import UpstreamAuthError
+from atlantic.pool.errors import UpstreamAuthError
 from atlantic.lab.pki import make_ca, make_server_cert
 from atlantic.pool.api import Endpoint, RequestHead
 from atlantic.pool.pool import UpstreamPool

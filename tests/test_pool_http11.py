@@ -9,7 +9,7 @@ import contextlib
 import h11
 import pytest
 
-from atlantic.forwarder.errors import (
+from atlantic.pool.errors import (
     RemoteProtocolError, UpstreamAuthError, UpstreamUnreachableError,
 )
 from atlantic.pool.api import Endpoint, RequestHead

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from atlantic.pool.counters import Counters, KeepAlive, percentile
+from atlantic.pool.counters import Counters, percentile
+from atlantic.pool.keepalive import KeepAlive, PingKind
 from atlantic.pool.plan import ConnState, PoolKey, PoolPlan
 
 A = PoolKey("http://p:3128", "Basic YTpi")
@@ -175,10 +176,10 @@ def test_counters_percentiles_over_a_bounded_window():
 def test_keepalive_pings_after_silence_and_declares_dead_without_ack():
     """PING after `interval` s without frames; dead if no ACK within `timeout` s."""
     k = KeepAlive(0.0, interval=20, timeout=10)
-    assert k.due(5).kind == "wait" and k.due(5).wait == 15
-    assert k.due(20).kind == "ping"
+    assert k.due(5).kind is PingKind.WAIT and k.due(5).wait == 15
+    assert k.due(20).kind is PingKind.PING
     k.on_ping_sent(20)
-    assert k.due(29).kind == "wait"
-    assert k.due(30).kind == "dead"
+    assert k.due(29).kind is PingKind.WAIT
+    assert k.due(30).kind is PingKind.DEAD
     k.on_activity(25)
-    assert k.due(30).kind == "wait"
+    assert k.due(30).kind is PingKind.WAIT

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from atlantic.forwarder.upstream import UpstreamURLError
+from atlantic.pool.upstream import UpstreamURLError
 from atlantic.pool.plan import PoolKey
 from atlantic.pool.proxyurl import ProxyConfig, ProxyURLCache, TemplateError, render_snapshot
 

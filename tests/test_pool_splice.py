@@ -10,8 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from atlantic.forwarder.errors import RemoteProtocolError
-from atlantic.forwarder.relay import RelayCounters, abort_socket
+from atlantic.pool.errors import RemoteProtocolError
+from atlantic.pool.splice import RelayCounters, abort_socket
 from atlantic.lab.pki import make_ca, make_server_cert
 from atlantic.pool.api import Endpoint, RequestHead
 from atlantic.pool.pool import UpstreamPool

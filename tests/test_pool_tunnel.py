@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from atlantic.forwarder.errors import UpstreamAuthError
+from atlantic.pool.errors import UpstreamAuthError
 from atlantic.pool.pool import UpstreamPool
 from atlantic.pool.tunnel import connect_request
 

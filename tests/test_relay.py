@@ -9,9 +9,8 @@ import struct
 
 import pytest
 
-from atlantic.forwarder.relay import RelayCounters, RelayEnd, relay
-from atlantic.forwarder.tunnel import Tunnel
-from atlantic.forwarder.upstream import DIRECT
+from atlantic.pool.splice import RelayCounters, RelayEnd, relay
+from atlantic.pool.upstream import DIRECT
 
 
 def run(coro, timeout=60.0):
@@ -216,14 +215,14 @@ def test_activity_postpones_idle_timeout():
 
 
 def test_leftover_bytes_go_first_and_are_counted():
-    """to_upstream / a Tunnel's leftover are delivered before relayed bytes, and counted."""
+    """to_upstream / to_app (a CONNECT's leftover) are delivered before relayed bytes, and counted."""
     async def main():
         loop = asyncio.get_running_loop()
         f = Flow()
         counters = RelayCounters(bytes_up=100, bytes_down=200)  # shared, already in use
-        tunnel = Tunnel(f.upstream, b"HEAD-LEFTOVER|", DIRECT, "t:1")
         task = asyncio.create_task(
-            relay(f.app, tunnel, counters, idle_timeout=30, to_upstream=b"CLIENTHELLO|")
+            relay(f.app, f.upstream, counters, idle_timeout=30, to_upstream=b"CLIENTHELLO|",
+                  to_app=b"HEAD-LEFTOVER|")
         )
         await loop.sock_sendall(f.app_peer, b"more-up")
         await loop.sock_sendall(f.upstream_peer, b"more-down")

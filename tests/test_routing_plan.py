@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from atlantic.interceptor.routing import (
+from atlantic.system.routing import (
     FAIL_CLOSED_METRIC,
     MAIN_TABLE,
     Route,

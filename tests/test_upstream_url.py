@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from atlantic.forwarder.upstream import (
+from atlantic.pool.upstream import (
     DIRECT,
     Upstream,
     UpstreamKind,

@@ -33,8 +33,6 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-from .tunnel import Tunnel
-
 __all__ = ["ByteCounters", "RelayCounters", "RelayEnd", "RelayResult", "relay", "splice_body", "abort_socket"]
 
 DEFAULT_IDLE_TIMEOUT = 300.0
@@ -90,7 +88,7 @@ def abort_socket(sock: socket.socket) -> None:
 
 async def relay(
     app: socket.socket,
-    upstream: socket.socket | Tunnel,
+    upstream: socket.socket,
     counters: RelayCounters | None = None,
     *,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
@@ -103,14 +101,10 @@ async def relay(
     ``to_upstream`` is sent before anything read from ``app`` (e.g. a
     ClientHello already read for SNI); ``to_app`` before anything read from
     ``upstream`` (bytes that followed the CONNECT response head). Both are
-    counted. ``upstream`` may be a :class:`.tunnel.Tunnel`: its socket is used
-    and its leftover goes first to the app. Both sockets must be connected TCP
+    counted. Both sockets must be connected TCP
     sockets; they are closed on return. ``counters`` may be shared by many
     flows; the result carries this flow's own totals.
     """
-    if isinstance(upstream, Tunnel):
-        to_app = upstream.leftover + to_app
-        upstream = upstream.sock
     if idle_timeout <= 0:
         raise ValueError(f"idle_timeout must be positive, got {idle_timeout}")
     loop = asyncio.get_running_loop()

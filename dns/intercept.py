@@ -29,9 +29,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from atlantic.interceptor import dns
+from atlantic.dns import message as dns
 from atlantic.interceptor.checksum import l4_checksum
-from atlantic.interceptor.fakeip import FakeIpPool
+from atlantic.dns.fakeip import FakeIpPool
 from atlantic.interceptor.packet import PROTO_UDP, PacketInfo, build_ipv4
 
 DNS_PORT = 53

@@ -1,0 +1,1 @@
+"""DNS interception and fake IPs: names resolve at the exit node, never locally."""

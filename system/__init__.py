@@ -1,0 +1,1 @@
+"""The system edge: policy routing (netlink) and the nftables kill switch."""
