@@ -261,12 +261,30 @@ class Daemon:
     async def _save_fakeip_forever(self) -> None:
         """Keep the fake-IP mappings on disk so a restart keeps open flows' names.
 
-        On the loop, not in a thread: the pool is not thread-safe, and a save of a
-        typical pool (hundreds of names) takes well under a millisecond.
+        Only when names were added since the last save. The rows are copied on the loop
+        in pieces (the pool is not thread-safe; a full map is 65,000 rows), then written
+        from a thread a row at a time, so the loop never waits long for either.
         """
+        saved = -1
         while True:
             await asyncio.sleep(FAKEIP_SAVE_INTERVAL_S)
-            self._save_fakeip()
+            pool = self.fake_pool
+            if pool is None or pool.changes == saved:
+                continue
+            changes = pool.changes
+            steps = pool.snapshot_steps(time.monotonic())
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    snap = done.value
+                    break
+                await asyncio.sleep(0)
+            try:
+                await asyncio.to_thread(fakeip.write_snapshot, snap, self.paths.dir / "fakeip.json")
+                saved = changes
+            except OSError as exc:
+                log.warning("cannot save the fake-IP mappings: %s", exc)
 
     def control_server(self) -> ControlServer:
         """The control socket; its handlers run on its threads, never on the loop."""

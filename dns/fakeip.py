@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections import OrderedDict
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ DEFAULT_V6 = "fd00:a71a:1c::/64"
 DEFAULT_TTL_S = 10
 DEFAULT_HOLD_S = 300.0
 DEFAULT_MAX_ENTRIES = 32768
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +81,14 @@ class _Family:
         idx = int.from_bytes(raw, "big") - self.base
         return idx if self.first <= idx <= self.last else None
 
-    def assign(self, name: str, now: float, expires: float) -> tuple[int | None, bool]:
-        """(index or None, recycled?) for *name*, extending its mapping to *expires*."""
+    def assign(self, name: str, now: float, expires: float, reclaim_before: float) -> tuple[int | None, bool]:
+        """(index or None, recycled?) for *name*, extending its mapping to *expires*.
+
+        Full: the least recently answered unpinned mapping is recycled once its hold has
+        run out, or, under pressure, once its last answer is older than the DNS TTL
+        (its deadline is at most ``reclaim_before``): a flood of new names must not
+        leave every later name without an answer for the whole hold.
+        """
         idx = self.by_name.get(name)
         if idx is not None:
             e = self.entries[idx]
@@ -94,7 +101,7 @@ class _Family:
             idx = self.cursor
             self.cursor += 1
         else:
-            idx = self._oldest_expired(now)
+            idx = self._oldest_expired(reclaim_before)
             if idx is None:
                 return None, False
             del self.by_name[self.entries[idx].name]
@@ -105,13 +112,13 @@ class _Family:
         self.lru[idx] = None
         return idx, recycled
 
-    def _oldest_expired(self, now: float) -> int | None:
+    def _oldest_expired(self, deadline: float) -> int | None:
         # the LRU front is the least recently answered unpinned entry; with a constant
         # hold it also has the earliest deadline, so if it is live, all are
         if not self.lru:
             return None
         idx = next(iter(self.lru))
-        return idx if self.entries[idx].expires <= now else None
+        return idx if self.entries[idx].expires <= deadline else None
 
     def pin(self, idx: int) -> bool:
         e = self.entries.get(idx)
@@ -160,6 +167,7 @@ class FakeIpPool:
             self.v6_range = str(net6)
             self._fam[6] = _Family(net6, max_entries)
         self.assigned = self.recycled = self.exhausted = 0
+        self.changes = 0  # grows with every new mapping: a saver compares it to skip idle saves
 
     # -- answering ---------------------------------------------------------------
 
@@ -174,13 +182,15 @@ class FakeIpPool:
             return None
         name = name.rstrip(".").lower()
         known = name in fam.by_name
-        idx, recycled = fam.assign(name, now, now + self.hold_s)
+        # an entry answered at least one TTL ago may go when the range is full
+        idx, recycled = fam.assign(name, now, now + self.hold_s, now + self.hold_s - self.ttl_s)
         if idx is None:
             self.exhausted += 1
             return None
         if not known:
             self.assigned += 1
             self.recycled += recycled
+            self.changes += 1
         return fam.to_bytes(idx)
 
     # -- questions from the dispatcher --------------------------------------------
@@ -240,52 +250,117 @@ class FakeIpPool:
 
     # -- persistence --------------------------------------------------------------
 
-    def to_json(self, now: float) -> dict:
-        """The mappings as JSON-able data, oldest first, expiry as seconds left at *now*."""
-        out: dict = {"version": FORMAT_VERSION, "v4": self.v4_range, "v6": self.v6_range}
-        for key, fam in (("v4_entries", self._fam.get(4)), ("v6_entries", self._fam.get(6))):
+    def snapshot(self, now: float) -> Snapshot:
+        """The mappings as plain rows (offset in the range, name, seconds left), oldest
+        first (see ``snapshot_steps`` for a big map on a busy loop)."""
+        steps = self.snapshot_steps(now, step=1 << 30)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def snapshot_steps(self, now: float, step: int = 4096) -> Generator[None, None, Snapshot]:
+        """``snapshot`` in pieces: yields after every ``step`` rows so the caller can let
+        other work run (a full map is 65,000 rows); returns the Snapshot. Mappings that
+        change between pieces are taken as they are when their piece is read."""
+        fams = []
+        for fam_no in (4, 6):
+            fam = self._fam.get(fam_no)
             if fam is None:
                 continue
-            pinned = [i for i, e in fam.entries.items() if e.pins]
-            rows = []
-            for idx in list(fam.lru) + pinned:
-                e = fam.entries[idx]
-                left = max(0.0, e.expires - now) if not e.pins else self.hold_s
-                rows.append([str(ipaddress.ip_address(fam.to_bytes(idx))), e.name, round(left, 3)])
-            out[key] = rows
-            out[key.replace("entries", "cursor")] = fam.cursor
-        return out
+            entries = fam.entries
+            order = list(fam.lru) + [i for i, e in entries.items() if e.pins]  # oldest first
+            rows: list[tuple[int, str, float]] = []
+            for start in range(0, len(order), step):
+                for i in order[start : start + step]:
+                    e = entries.get(i)
+                    if e is not None:
+                        rows.append((i, e.name, self.hold_s if e.pins else max(0.0, e.expires - now)))
+                yield
+            fams.append((fam_no, str(fam.net), fam.cursor, rows))
+        return Snapshot(tuple(fams))
+
+    def to_json(self, now: float) -> dict:
+        """The mappings as JSON-able data (format 2: rows of offset, name, seconds left)."""
+        return self.snapshot(now).to_json()
 
     @classmethod
     def from_json(cls, data: dict, now: float, **kwargs) -> FakeIpPool:
         """A pool configured by *kwargs* holding the mappings of *data* that still fit it.
 
-        Entries outside the configured ranges (the config changed) are dropped; bad
-        data raises ValueError with one line saying what is wrong.
+        Reads format 1 (rows by address text) and 2 (rows by offset). Entries outside the
+        configured ranges (the config changed) are dropped; bad data raises ValueError
+        with one line saying what is wrong.
         """
-        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+        if not isinstance(data, dict) or data.get("version") not in (1, FORMAT_VERSION):
             raise ValueError("fake-IP state: unknown format version")
+        by_offset = data["version"] == FORMAT_VERSION
         pool = cls(**kwargs)
         for fam_no, key in ((4, "v4"), (6, "v6")):
             fam = pool._fam.get(fam_no)
             if fam is None:
                 continue
             same_range = data.get(key) == (pool.v4_range if fam_no == 4 else pool.v6_range)
+            if by_offset and not same_range:
+                continue  # offsets only mean something in the range they were taken from
+            rows = data.get(f"{key}_entries", [])
+            if not isinstance(rows, list):
+                raise ValueError(f"fake-IP state: {key}_entries is not a list")
             top = fam.first
-            for row in data.get(f"{key}_entries", []):
+            for row in rows:
                 try:
-                    ip, name, left = row
-                    idx = fam.index(ipaddress.ip_address(ip).packed)
+                    ref, name, left = row
+                    if by_offset:
+                        idx = ref if isinstance(ref, int) and fam.first <= ref <= fam.last else None
+                    else:
+                        idx = fam.index(ipaddress.ip_address(ref).packed)
                     left = float(left)
                 except (TypeError, ValueError) as exc:
-                    raise ValueError(f"fake-IP state: bad entry {row!r}: {exc}") from None
-                if idx is None or not isinstance(name, str):
+                    raise ValueError(f"fake-IP state: bad entry {str(row)[:60]}: {exc}") from None
+                if idx is None or not isinstance(name, str) or not left >= 0:
                     continue
                 fam.add_loaded(idx, name, now + min(left, pool.hold_s))
                 top = max(top, idx + 1)
             cursor = data.get(f"{key}_cursor")
-            fam.cursor = max(top, cursor if same_range and isinstance(cursor, int) else top)
+            if not (same_range and isinstance(cursor, int) and fam.first <= cursor <= fam.last + 1):
+                cursor = top
+            fam.cursor = max(top, cursor)
         return pool
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The mappings at one moment: per family (4/6, range, cursor, rows)."""
+
+    families: tuple[tuple[int, str, int, list[tuple[int, str, float]]], ...]
+
+    def to_json(self) -> dict:
+        """Format 2 as a dict (what ``lines`` writes, in one piece)."""
+        out: dict = {"version": FORMAT_VERSION, "v4": None, "v6": None}
+        for fam_no, net, cursor, rows in self.families:
+            key = f"v{fam_no}"
+            out[key] = net
+            out[f"{key}_entries"] = [[i, name, round(left, 3)] for i, name, left in rows]
+            out[f"{key}_cursor"] = cursor
+        return out
+
+    def chunks(self):
+        """The same JSON document as ``to_json`` in small pieces: written from a thread,
+        a big map never holds the interpreter for long (one row at a time)."""
+        head = {"version": FORMAT_VERSION, "v4": None, "v6": None}
+        for fam_no, net, cursor, _rows in self.families:
+            head[f"v{fam_no}"] = net
+            head[f"v{fam_no}_cursor"] = cursor
+        yield json.dumps(head, separators=(",", ":"))[:-1]
+        for fam_no, _net, _cursor, rows in self.families:
+            yield f',"v{fam_no}_entries":['
+            sep = ""
+            for i, name, left in rows:
+                yield f"{sep}[{i},{json.dumps(name)},{round(left, 3)}]"
+                sep = ","
+            yield "]"
+        yield "}"
 
 
 def _raw(ip) -> bytes:
@@ -306,10 +381,20 @@ def _span(fam: _Family) -> range:
 # ---- the file edge: atomic save and load of the JSON state ---------------------------
 
 def save(pool: FakeIpPool, path: str | Path, now: float) -> None:
-    """Write *pool* to *path* atomically (temporary file in the same dir, then rename)."""
+    """Write *pool* to *path* atomically (see ``write_snapshot``)."""
+    write_snapshot(pool.snapshot(now), path)
+
+
+def write_snapshot(snap: Snapshot, path: str | Path) -> None:
+    """Write *snap* to *path* atomically (temporary file in the same dir, then rename),
+    readable by its owner only: the map lists every name the machine resolved."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(pool.to_json(now), separators=(",", ":")))
+    tmp.unlink(missing_ok=True)
+    tmp.touch(mode=0o600)  # created private, before a byte is written
+    with tmp.open("w") as f:
+        for chunk in snap.chunks():
+            f.write(chunk)
     tmp.replace(path)
 
 
@@ -319,5 +404,5 @@ def load(path: str | Path, now: float, **kwargs) -> FakeIpPool:
     try:
         data = json.loads(Path(path).read_text())
         return FakeIpPool.from_json(data, now, **kwargs)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return FakeIpPool(**kwargs)

@@ -25,14 +25,18 @@ import inspect
 import ipaddress
 import socket
 import struct
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from atlantic.dns import message as dns
 from atlantic.interceptor.checksum import l4_checksum
 from atlantic.dns.fakeip import FakeIpPool
 from atlantic.interceptor.packet import PROTO_UDP, PacketInfo, build_ipv4
+
+log = logging.getLogger("atlantic.dns")
 
 DNS_PORT = 53
 DROP = b""  # policy.DROP: "mine, nothing to write now" in a policy chain
@@ -45,7 +49,7 @@ TCP_MAX_QUERIES = 1000  # per DNS-over-TCP connection
 _REVERSE_V4 = ".in-addr.arpa"
 _REVERSE_V6 = ".ip6.arpa"
 
-OpenTunnel = Callable[[str, int], Awaitable[object]]
+OpenTunnel = Callable[[str, int], Awaitable["ByteStream"]]
 Send = Callable[[bytes], object]
 
 
@@ -76,6 +80,7 @@ class DnsStats:
     notimp: int
     truncated: int
     inflight: int
+    internal_errors: int  # queries this code failed on (SERVFAIL); a bug, logged once a minute
 
 
 def parse_resolver(text: str) -> tuple[str, int]:
@@ -125,60 +130,26 @@ def _reverse_to_ip(qname: str) -> bytes | None:
     return None
 
 
-class _Stream:
-    """One connection to the resolver, whatever `open_tunnel` returned: a ByteStream
-    (``read``/``write``/``aclose``), a ``(StreamReader, StreamWriter)`` pair, a connected
-    non-blocking socket, or a tunnel object with ``.sock`` and ``.leftover``."""
+class ByteStream(Protocol):
+    """What ``open_tunnel`` returns: the pool's tunnel (``atlantic.pool.api.ByteStream``)."""
 
-    def __init__(self, obj: object) -> None:
-        self.pending = b""
-        if isinstance(getattr(obj, "sock", None), socket.socket):
-            self.pending = bytes(getattr(obj, "leftover", b""))
-            obj = obj.sock
-        self.obj = obj
+    async def read(self, max_bytes: int = 65536) -> bytes: ...
 
-    async def write(self, data: bytes) -> None:
-        o = self.obj
-        if isinstance(o, tuple):
-            o[1].write(data)
-            await o[1].drain()
-        elif isinstance(o, socket.socket):
-            await asyncio.get_running_loop().sock_sendall(o, data)
-        else:
-            await o.write(data)
+    async def write(self, data: bytes) -> None: ...
 
-    async def read(self, n: int) -> bytes:
-        if self.pending:
-            chunk, self.pending = self.pending[:n], self.pending[n:]
-            return chunk
-        o = self.obj
-        if isinstance(o, tuple):
-            return await o[0].read(n)
-        if isinstance(o, socket.socket):
-            return await asyncio.get_running_loop().sock_recv(o, n)
-        return await o.read(n)
+    async def aclose(self) -> None: ...
 
-    async def read_exactly(self, n: int) -> bytes:
-        buf = bytearray()
-        for _ in range(n + 1):  # each read yields >= 1 byte or ends the loop
-            if len(buf) >= n:
-                break
-            chunk = await self.read(n - len(buf))
-            if not chunk:
-                raise DnsForwardError("resolver closed the connection mid-reply")
-            buf += chunk
-        return bytes(buf)
 
-    async def aclose(self) -> None:
-        o = self.obj
-        if isinstance(o, tuple):
-            o[1].close()
-        elif isinstance(o, socket.socket):
-            o.close()
-        elif hasattr(o, "aclose"):
-            await o.aclose()
-        elif hasattr(o, "close"):
-            o.close()
+async def _read_exactly(stream: ByteStream, n: int) -> bytes:
+    buf = bytearray()
+    for _ in range(n + 1):  # each read yields >= 1 byte or ends the loop
+        if len(buf) >= n:
+            break
+        chunk = await stream.read(n - len(buf))
+        if not chunk:
+            raise DnsForwardError("resolver closed the connection mid-reply")
+        buf += chunk
+    return bytes(buf)
 
 
 class DnsInterceptor:
@@ -204,14 +175,20 @@ class DnsInterceptor:
         self.clock = clock
         self.loop = loop  # for a stack serving the TUN from a thread
         self._sem: asyncio.Semaphore | None = None
-        self._tasks: set[asyncio.Future] = set()
+        # Forwarded queries are tasks of one TaskGroup, owned by the ``_run`` task.
+        self._runner: asyncio.Task | None = None
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._pending = 0  # queued or in flight
         self.queries = self.answered_fake = self.forwarded = 0
         self.formerr = self.servfail = self.refused = self.notimp = self.truncated = 0
+        self.internal_errors = 0
+        self._next_error_log = float("-inf")
 
     # -- the decision (no I/O) ------------------------------------------------------
 
     def answer(self, data: bytes) -> Outcome:
-        """What to do with one query message: reply here, forward, or drop."""
+        """What to do with one query message: reply here, forward, or drop. Never raises:
+        a query this code cannot handle gets SERVFAIL, counted, and one log line a minute."""
         self.queries += 1
         try:
             q = dns.parse_query(data)
@@ -219,6 +196,18 @@ class DnsInterceptor:
             reply = dns.formerr_for(data)
             self.formerr += reply is not None
             return Outcome(reply, None)
+        try:
+            return self._decide(q)
+        except Exception as exc:  # noqa: BLE001 - hostile input must cost one answer, not the task
+            self.internal_errors += 1
+            now = self.clock()
+            if now >= self._next_error_log:
+                self._next_error_log = now + 60.0
+                log.warning("DNS: cannot answer a %s query (%s: %s); SERVFAIL (logged once a minute)",
+                            q.qtype, type(exc).__name__, str(exc)[:80])
+            return Outcome(self._servfail(q), q)
+
+    def _decide(self, q: dns.Query) -> Outcome:
         if q.opcode != dns.OPCODE_QUERY:
             self.notimp += 1
             return Outcome(dns.build_error(q, dns.NOTIMP), q)
@@ -240,12 +229,14 @@ class DnsInterceptor:
 
     def _answer_address(self, q: dns.Query) -> bytes:
         family = 4 if q.qtype == dns.TYPE_A else 6
+        if not dns.is_hostname(q.qname):
+            # Checked first: a name that could not travel in CONNECT (unprintable bytes, too
+            # long once escaped) cannot be written back into an answer either.
+            self.refused += 1
+            return dns.build_error(q, dns.REFUSED)
         if q.qname == "localhost" or q.qname.endswith(".localhost"):
             addr = bytes([127, 0, 0, 1]) if family == 4 else bytes(15) + b"\x01"
             return dns.build_answer(q, [dns.Record(q.qname, q.qtype, self.pool.ttl_s, addr)])
-        if not dns.is_hostname(q.qname):
-            self.refused += 1  # a name that could not travel in CONNECT
-            return dns.build_error(q, dns.REFUSED)
         if family == 6 and not self.answer_aaaa:
             return dns.build_answer(q)  # NODATA: the name exists, it has no IPv6 here
         addr = self.pool.assign(q.qname, family, self.clock())
@@ -281,21 +272,43 @@ class DnsInterceptor:
 
     def _schedule_udp(self, q: dns.Query, data: bytes, info: PacketInfo) -> bytes | None:
         """Start forwarding; return SERVFAIL now if that cannot happen (no loop, too busy)."""
-        if self.send is None or len(self._tasks) >= self.max_pending:
+        if self.send is None or self._pending >= self.max_pending:
             return self._servfail(q)
-        coro = self._forward_udp(q, data, info)
         try:
-            task = asyncio.get_running_loop().create_task(coro)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # the stack runs in a thread: hand over to the daemon's loop
+            loop = None
+        if loop is None:
             if self.loop is None or self.loop.is_closed():
-                coro.close()
                 return self._servfail(q)
-            task = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._pending += 1
+            self.loop.call_soon_threadsafe(self._start_forward, q, data, info)
+            return None
+        self._pending += 1
+        self._start_forward(q, data, info)
         return None
 
+    def _start_forward(self, q: dns.Query, data: bytes, info: PacketInfo) -> None:
+        """On the loop: hand one query to the task that owns the forwards."""
+        loop = asyncio.get_running_loop()
+        if self._runner is None or self._runner.done() or self._runner.get_loop() is not loop:
+            self._queue = asyncio.Queue()
+            self._runner = loop.create_task(self._run(self._queue), name="dns-forward")
+        self._queue.put_nowait((q, data, info))
+
+    async def _run(self, queue: asyncio.Queue) -> None:
+        """Own every forwarded query (one TaskGroup) until ``aclose`` cancels this task."""
+        async with asyncio.TaskGroup() as group:
+            while True:
+                group.create_task(self._forward_udp(*await queue.get()))
+
     async def _forward_udp(self, q: dns.Query, data: bytes, info: PacketInfo) -> None:
+        try:
+            await self._forward_udp_once(q, data, info)
+        finally:
+            self._pending -= 1
+
+    async def _forward_udp_once(self, q: dns.Query, data: bytes, info: PacketInfo) -> None:
         reply = await self.resolve(q, data)
         if len(reply) > q.udp_limit:
             reply = dns.truncate(reply, q.udp_limit)
@@ -327,14 +340,11 @@ class DnsInterceptor:
 
     async def _exchange(self, data: bytes) -> bytes:
         host, port = self.resolver
-        res = self.open_tunnel(host, port)
-        if inspect.isawaitable(res):
-            res = await res
-        stream = _Stream(res)
+        stream = await self.open_tunnel(host, port)
         try:
             await stream.write(struct.pack("!H", len(data)) + data)
-            (n,) = struct.unpack("!H", await stream.read_exactly(2))
-            return await stream.read_exactly(n)
+            (n,) = struct.unpack("!H", await _read_exactly(stream, 2))
+            return await _read_exactly(stream, n)
         finally:
             await stream.aclose()
 
@@ -388,7 +398,8 @@ class DnsInterceptor:
     def stats(self) -> DnsStats:
         """Counter snapshot."""
         return DnsStats(self.queries, self.answered_fake, self.forwarded, self.formerr,
-                        self.servfail, self.refused, self.notimp, self.truncated, len(self._tasks))
+                        self.servfail, self.refused, self.notimp, self.truncated, self._pending,
+                        self.internal_errors)
 
     def counters(self) -> dict:
         """The counters as a dict, for ``status --json``."""
@@ -397,13 +408,10 @@ class DnsInterceptor:
 
     async def aclose(self, timeout: float = 1.0) -> None:
         """Cancel forwarded queries still in flight (bounded wait)."""
-        tasks = [t for t in self._tasks if isinstance(t, asyncio.Task)]
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
-        for f in list(self._tasks):
-            f.cancel()
+        runner, self._runner = self._runner, None
+        if runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.wait([runner], timeout=timeout)
 
     def __repr__(self) -> str:
         s = self.stats()

@@ -40,6 +40,7 @@ UP = 1  # buf rewritten app -> listener; write it back
 DOWN = 2  # buf rewritten listener -> app; write it back
 REPLY = 3  # write ``table.reply`` instead (e.g. a RST to the app)
 POLICY = 4  # not for the NAT (UDP, ICMP, IPv6...): ``table.info`` describes it
+FULL_SCAN_INTERVAL_S = 1.0  # a full table looks for idle sessions at most this often
 
 # One unpack reads every field the fast path needs from an option-less IPv4/TCP
 # header: version+IHL, total length, flags+fragment offset, protocol, IP checksum,
@@ -114,6 +115,7 @@ class NatTable:
         self._flows: dict[bytes, tuple[bytes, int, int, Session, int]] = {}
         self._ports: dict[int, Session] = {}
         self._cursor = cfg.port_max  # round robin: a freed port is reused as late as possible
+        self._next_full_scan = float("-inf")
         # Another family's table sharing the listener's port space (lookup(port) must be unique).
         self.peer: NatTable | None = None
         self.reply: bytes = b""
@@ -170,12 +172,11 @@ class NatTable:
             # The kernel reassembles before TCP; our own stack never fragments TCP.
             self.dropped_fragment += 1
             return DROP
-        if info.version != 4 or info.protocol != PROTO_TCP:
+        if not self._is_plain_tcp(info):
             self.info = info
             self.to_policy += 1
             return POLICY
-        l4 = off + info.header_len
-        key = bytes(buf[off + 12 : off + 20]) + bytes(buf[l4 : l4 + 4])
+        key = self._key(buf, off, info)
         flags = info.tcp_flags
         e = self._flows.get(key)
         if e is not None and e[4] == UP and flags & (TCP_SYN | TCP_ACK) == TCP_SYN and e[3].is_closing():
@@ -186,6 +187,25 @@ class NatTable:
         new, ip_adj, l4_adj, s, verdict = e
         if flags & (TCP_SYN | TCP_FIN | TCP_RST):
             _track(s, verdict, flags)
+        self._rewrite(buf, off, info.header_len, new, ip_adj, l4_adj, partial)
+        s.last = now
+        return verdict
+
+    # The family's layout: the IPv6 table overrides these three.
+
+    def _is_plain_tcp(self, info: PacketInfo) -> bool:
+        """A TCP segment this table translates (anything else goes to the policy)."""
+        return info.version == 4 and info.protocol == PROTO_TCP
+
+    def _key(self, buf: bytearray, off: int, info: PacketInfo) -> bytes:
+        """The session key: addresses and ports as they sit on the wire."""
+        l4 = off + info.header_len
+        return bytes(buf[off + 12 : off + 20]) + bytes(buf[l4 : l4 + 4])
+
+    def _rewrite(self, buf: bytearray, off: int, header_len: int, new: bytes, ip_adj: int, l4_adj: int,
+                 partial: bool) -> None:
+        """Write the new addresses and ports and adjust both checksums (RFC 1624)."""
+        l4 = off + header_len
         buf[off + 12 : off + 20] = new[:8]
         buf[l4 : l4 + 4] = new[8:]
         c = (((buf[off + 10] << 8) | buf[off + 11]) - ip_adj) % 0xFFFF
@@ -193,8 +213,6 @@ class NatTable:
         c = (buf[l4 + 16] << 8) | buf[l4 + 17]
         c = (c + ip_adj - 1) % 0xFFFF + 1 if partial else (c - l4_adj) % 0xFFFF
         buf[l4 + 16 : l4 + 18] = c.to_bytes(2, "big")
-        s.last = now
-        return verdict
 
     def _no_session(
         self, buf: bytearray, off: int, end: int, info: PacketInfo, key: bytes, now: float, partial: bool
@@ -213,8 +231,12 @@ class NatTable:
             self.dropped_no_session += 1  # would loop back into the NAT
             return DROP
         port = self._alloc_port()
-        if port is None and self.expire(now):  # full: make room from idle sessions first
-            port = self._alloc_port()
+        # Full: make room from idle sessions first, but scan the table at most once per
+        # FULL_SCAN_INTERVAL_S; a SYN flood against a full table must not cost a scan each.
+        if port is None and now >= self._next_full_scan:
+            self._next_full_scan = now + FULL_SCAN_INTERVAL_S
+            if self.expire(now) or (self.peer is not None and self.peer.expire(now)):
+                port = self._alloc_port()
         if port is None:
             self.dropped_table_full += 1
             self.reply = build_rst_reply(buf, off, info)
@@ -224,10 +246,10 @@ class NatTable:
 
     def _alloc_port(self) -> int | None:
         cfg = self.cfg
-        if len(self._ports) >= cfg.max_sessions:
-            return None
         ports = self._ports
         other = self.peer._ports if self.peer is not None else {}
+        if len(ports) >= cfg.max_sessions or len(ports) + len(other) > cfg.port_max - cfg.port_min:
+            return None  # full, or the shared port space is: no scan of the range
         p = self._cursor
         for _ in range(cfg.port_max - cfg.port_min + 1):  # bounded by the range
             p = p + 1 if p < cfg.port_max else cfg.port_min

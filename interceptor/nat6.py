@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import struct
 
-from atlantic.interceptor.nat import DROP, POLICY, UP, NatTable, _track
-from atlantic.interceptor.packet import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, MalformedPacket, parse
+from atlantic.interceptor.nat import NatTable
+from atlantic.interceptor.packet import PROTO_TCP, PacketInfo
 
 # version/traffic class, payload length, next header, the 36-byte key (addresses +
 # ports), data offset, TCP flags, TCP checksum.
@@ -45,34 +45,17 @@ class NatTable6(NatTable):
                     return verdict
         return self._slow(buf, off, end, now, partial)
 
-    def _slow(self, buf: bytearray, off: int, end: int, now: float, partial: bool) -> int:
-        try:
-            info = parse(buf, off, end)
-        except MalformedPacket:
-            self.dropped_malformed += 1
-            return DROP
-        if info.is_fragment:
-            self.dropped_fragment += 1
-            return DROP
-        if info.version != 6 or info.protocol != PROTO_TCP or info.header_len != 40:
-            # Non-TCP, and TCP behind extension headers (no app sends those), go to the policy.
-            self.info = info
-            self.to_policy += 1
-            return POLICY
-        key = bytes(buf[off + 8 : off + 44])
-        flags = info.tcp_flags
-        e = self._flows.get(key)
-        if e is not None and e[4] == UP and flags & (TCP_SYN | TCP_ACK) == TCP_SYN and e[3].is_closing():
-            self._remove(e[3])  # the app reuses its port for a new connection
-            e = None
-        if e is None:
-            return self._no_session(buf, off, end, info, key, now, partial)
-        new, addr_adj, l4_adj, s, verdict = e
-        if flags & (TCP_SYN | TCP_FIN | TCP_RST):
-            _track(s, verdict, flags)
+    def _is_plain_tcp(self, info: PacketInfo) -> bool:
+        # TCP behind extension headers (no app sends those) goes to the policy.
+        return info.version == 6 and info.protocol == PROTO_TCP and info.header_len == 40
+
+    def _key(self, buf: bytearray, off: int, info: PacketInfo) -> bytes:
+        return bytes(buf[off + 8 : off + 44])
+
+    def _rewrite(self, buf: bytearray, off: int, header_len: int, new: bytes, ip_adj: int, l4_adj: int,
+                 partial: bool) -> None:
+        # No IP header checksum in IPv6: only the TCP one moves.
         buf[off + 8 : off + 44] = new
         c = (buf[off + _CK_OFF] << 8) | buf[off + _CK_OFF + 1]
-        c = (c + addr_adj - 1) % 0xFFFF + 1 if partial else (c - l4_adj) % 0xFFFF
+        c = (c + ip_adj - 1) % 0xFFFF + 1 if partial else (c - l4_adj) % 0xFFFF
         buf[off + _CK_OFF : off + _CK_OFF + 2] = c.to_bytes(2, "big")
-        s.last = now
-        return verdict

@@ -426,3 +426,58 @@ def test_handle_udp_sits_first_in_the_stack_policy_chain():
     assert IP(call(chain, udp4(q())))[DNS].an[0].rdata == "198.18.128.1"
     assert IP(call(chain, udp4(b"quic", dport=443))).proto == 1  # ICMP port unreachable
     assert chain.counters()["dns"] == 1
+
+
+def _raw_query(labels: list[bytes], qtype: int = 1, qid: int = 0x5151) -> bytes:
+    """A query whose name is built from raw label bytes (anything a hostile process sends)."""
+    name = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", qtype, 1)
+
+
+@pytest.mark.parametrize("labels", [
+    [b"a\x01\x7f\xff", b"localhost"],                       # unprintable bytes in a label
+    [b"\\" * 60, b"\\" * 60, b"\\" * 60, b"\\" * 60, b"localhost"],  # > 255 bytes once escaped
+    [b"a.b", b"localhost"],                                 # a dot inside a label
+])
+def test_hostile_localhost_names_get_refused_not_a_traceback(labels, caplog):
+    """Names under .localhost that are no hostname get REFUSED over UDP, like any such name."""
+    d = interceptor()
+    reply = call(d, udp4(_raw_query(labels)))
+    assert reply is not None and reply != b""
+    assert DNS(bytes(IP(reply)[UDP].payload)).rcode == dns.REFUSED
+    assert d.stats().internal_errors == 0 and "Traceback" not in caplog.text
+
+
+def test_hostile_localhost_name_over_tcp_keeps_the_connection_serving():
+    """Over TCP a hostile .localhost name is answered (REFUSED) and the next query still works."""
+    async def main():
+        d = interceptor()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.setblocking(False)
+        loop = asyncio.get_running_loop()
+        server = asyncio.create_task(d.serve_tcp(a))
+        replies = []
+        for raw in (_raw_query([b"\x00\x01\x02", b"localhost"]), q("www.example.com")):
+            await loop.sock_sendall(b, struct.pack("!H", len(raw)) + raw)
+            n = struct.unpack("!H", await loop.sock_recv(b, 2))[0]
+            data = b""
+            while len(data) < n:
+                data += await loop.sock_recv(b, n - len(data))
+            replies.append(DNS(data))
+        b.close()
+        await asyncio.wait_for(server, 5)
+        return replies
+    bad, good = asyncio.run(main())
+    assert bad.rcode == dns.REFUSED
+    assert good.rcode == dns.NOERROR and good.an[0].rdata == "198.18.128.1"
+
+
+def test_a_bug_in_answering_is_servfail_and_one_log_line(caplog, monkeypatch):
+    """Whatever goes wrong inside the decision costs that query a SERVFAIL, logged once a minute."""
+    d = interceptor()
+    monkeypatch.setattr(d, "_answer_address", lambda q: 1 / 0)
+    replies = [call(d, udp4(q(f"n{i}.example.com"))) for i in range(5)]
+    assert all(DNS(bytes(IP(r)[UDP].payload)).rcode == dns.SERVFAIL for r in replies)
+    assert d.stats().internal_errors == 5
+    assert caplog.text.count("cannot answer") == 1 and "Traceback" not in caplog.text

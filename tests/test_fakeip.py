@@ -45,13 +45,57 @@ def test_is_fake_covers_the_range_only():
     assert p.lookup("198.18.200.1") is None and p.lookup("10.0.0.1") is None
 
 
-def test_full_pool_of_live_mappings_says_none():
-    """A /29 has 6 usable addresses: the 7th live name gets None and is counted."""
-    p = FakeIpPool("10.9.0.0/29", None, hold_s=100)
+def test_full_pool_of_names_answered_within_the_ttl_says_none():
+    """A /29 has 6 usable addresses: a 7th name while all 6 were answered within the TTL
+    gets None and is counted."""
+    p = FakeIpPool("10.9.0.0/29", None, ttl_s=10, hold_s=100)
     got = [p.assign(f"n{i}", 4, now=0) for i in range(6)]
     assert [ip(a) for a in got] == [f"10.9.0.{i}" for i in range(1, 7)]
-    assert p.assign("n6", 4, now=50) is None
+    assert p.assign("n6", 4, now=5) is None
     assert p.stats().exhausted == 1
+
+
+def test_full_pool_reclaims_the_oldest_name_past_its_ttl_before_its_hold_ends():
+    """A flood of names cannot starve later ones for the whole hold: once the oldest answer
+    is older than the TTL, its address goes to the new name (pinned ones never do)."""
+    p = FakeIpPool("10.9.0.0/29", None, ttl_s=10, hold_s=300)
+    for i in range(6):
+        p.assign(f"n{i}", 4, now=i)
+    p.pin("10.9.0.1")  # n0 is in use by a flow
+    got = p.assign("late", 4, now=12)
+    assert ip(got) == "10.9.0.2" and p.lookup("10.9.0.2") == "late"
+    assert p.lookup("10.9.0.1") == "n0"
+    assert p.stats().recycled == 1
+
+
+def test_saved_map_is_private_and_survives_a_round_trip(tmp_path):
+    """The state file is 0600 (it lists every name resolved) and loads back the same."""
+    from atlantic.dns import fakeip
+    p = FakeIpPool()
+    for i in range(50):
+        p.assign(f"n{i}.example", 4, now=0)
+        p.assign(f"n{i}.example", 6, now=0)
+    path = tmp_path / "fakeip.json"
+    path.write_text("{}")
+    path.chmod(0o644)
+    fakeip.save(p, path, now=1.0)
+    assert path.stat().st_mode & 0o777 == 0o600
+    q = fakeip.load(path, now=1.0)
+    assert q.lookup("198.18.128.7") == p.lookup("198.18.128.7") and len(q) == 100
+
+
+@pytest.mark.parametrize("content", [
+    "[" * 100000, "not json", '{"version": 2, "v4": "198.18.128.0/17", "v4_entries": 5}',
+    '{"version": 2, "v4": "198.18.128.0/17", "v4_entries": [[1e9, "x", 1]], "v4_cursor": -5}',
+    '{"version": 2, "v4": "198.18.128.0/17", "v4_entries": [[1, "x", "nan"]]}',
+])
+def test_a_corrupted_state_file_gives_an_empty_map(tmp_path, content):
+    """Garbage, deep nesting or out-of-range values in the saved map never stop a start."""
+    from atlantic.dns import fakeip
+    path = tmp_path / "fakeip.json"
+    path.write_text(content)
+    q = fakeip.load(path, now=0.0)
+    assert ip(q.assign("fresh.example", 4, now=0.0)).startswith("198.18.")
 
 
 def test_expired_mappings_are_recycled_least_recently_used_first():
@@ -151,8 +195,8 @@ ops = st.lists(st.tuples(st.sampled_from(["assign", "pin", "unpin", "tick"]),
 @settings(max_examples=150, deadline=None)
 @given(ops)
 def test_no_address_ever_serves_two_live_names(seq):
-    """Under any mix of answers, pins and time: name<->ip stay a bijection, a live or pinned
-    mapping never changes owner, and the size bound holds."""
+    """Under any mix of answers, pins and time: name<->ip stay a bijection, a pinned mapping or
+    one answered within the TTL never changes owner, and the size bound holds."""
     p = FakeIpPool("10.9.0.0/29", None, ttl_s=5, hold_s=20)
     now = 0.0
     owner: dict[str, str] = {}  # ip -> name as last seen
@@ -170,7 +214,7 @@ def test_no_address_ever_serves_two_live_names(seq):
             a = ip(a)
             prev = owner.get(a)
             if prev is not None and prev != name:  # recycled: must have been dead
-                assert pins.get(a, 0) == 0 and deadline[a] <= now
+                assert pins.get(a, 0) == 0 and deadline[a] - 20 + 5 <= now  # answered >= one TTL ago
             owner[a] = name
             deadline[a] = now + 20
             continue

@@ -279,3 +279,47 @@ def test_stack_rejects_virtual_client_outside_the_prefix():
     for bad in ("198.18.0.3", "198.18.1.2"):
         with pytest.raises(ValueError, match="host address inside 198.18.0.0/30"):
             SystemStack(virtual_client_addr=bad)
+
+
+class _CountingTable(N.NatTable):
+    """A table that counts its full scans (expire calls)."""
+
+    scans = 0
+
+    def expire(self, now: float) -> int:
+        self.scans += 1
+        return super().expire(now)
+
+
+def test_syn_flood_against_a_full_table_scans_it_at_most_once_a_second():
+    """With the table full of live sessions, refused SYNs cost no scan each: one per interval."""
+    t = _CountingTable(N.NatConfig(INET, CLIENT, LPORT, port_min=2000, port_max=2003))
+    for i in range(4):
+        open_flow(t, sport=40000 + i)
+    verdicts = [run(t, seg(sport=41000 + i, flags="S"), now=10.0) for i in range(200)]
+    assert verdicts == [N.REPLY] * 200
+    assert t.scans == 1 and t.counters()["dropped_table_full"] == 200
+    assert run(t, seg(sport=42000, flags="S"), now=10.0 + N.FULL_SCAN_INTERVAL_S) == N.REPLY
+    assert t.scans == 2
+
+
+def test_full_table_frees_idle_sessions_for_a_new_syn():
+    """Once sessions have expired, the next SYN after the interval gets a port."""
+    t = table(port_min=2000, port_max=2001, syn_timeout=5)
+    open_flow(t, sport=1)
+    open_flow(t, sport=2)
+    assert run(t, seg(sport=3, flags="S"), now=1.0) == N.REPLY
+    assert open_flow(t, sport=4, now=100.0) in (2000, 2001)
+
+
+def test_a_family_finds_the_shared_port_space_full_without_scanning_it():
+    """The IPv6 table refuses at once when the IPv4 table holds every shared port."""
+    from atlantic.interceptor.nat6 import NatTable6
+    t4 = table(port_min=2000, port_max=2003)
+    t6 = NatTable6(N.NatConfig(INET, CLIENT, LPORT, port_min=2000, port_max=2003))
+    t4.peer, t6.peer = t6, t4
+    for i in range(4):
+        open_flow(t4, sport=40000 + i)
+    cursor = t6._cursor
+    assert t6._alloc_port() is None
+    assert t6._cursor == cursor  # no walk over the range
