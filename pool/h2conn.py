@@ -1,10 +1,14 @@
 """HTTP/2 to the proxy with h2: requests and CONNECT tunnels as streams on one connection.
 
-Async adapter. One reader task feeds received bytes to the h2 state machine and hands
-events to the streams; a keep-alive task sends PING after silence and declares the
-connection dead when no ACK comes (:class:`~atlantic.pool.counters.KeepAlive`). Our
-receive windows are 2^24 (connection and stream), and received data is acknowledged
+Async adapter. A background task owns two jobs in one TaskGroup: the reader feeds
+received bytes to the h2 state machine and hands events to the streams
+(:class:`~atlantic.pool.h2stream.H2Stream`); the keep-alive sends PING after silence and
+declares the connection dead when no ACK comes (:class:`~atlantic.pool.keepalive.KeepAlive`).
+Our receive windows are 2^24 (connection and stream), and received data is acknowledged
 only as the caller consumes it, so a slow reader holds the sender back.
+
+The connection needs little from its transport (:class:`ByteTransport`); a pool
+:class:`~atlantic.pool.transport.Transport` is adapted to it here, in one place.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
-from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 import h2.config
 import h2.connection
@@ -23,13 +27,16 @@ import h2.exceptions
 import h2.settings
 
 from atlantic.pool.errors import RemoteProtocolError, UpstreamError
-from atlantic.pool.keepalive import KeepAlive, PingKind
+from atlantic.pool.h2stream import H2Stream
 from atlantic.pool.http11 import ConnectionLost
+from atlantic.pool.keepalive import KeepAlive, PingKind
 from atlantic.pool.transport import Transport
 
-__all__ = ["H2Connection", "H2Event", "H2Stream", "WINDOW"]
+__all__ = ["ByteTransport", "H2Connection", "H2Event", "H2Stream", "WINDOW"]
 
 WINDOW = 1 << 24
+READ_SIZE = 262144
+CLOSE_TIMEOUT = 1.0  # aclose waits this long for the background task to stop
 _S = h2.settings.SettingCodes
 
 
@@ -41,144 +48,61 @@ class H2Event(enum.Enum):
     CLOSED = "closed"  # the connection is gone
 
 
-class H2Stream:
-    """One stream: response head, received DATA (acknowledged when read), flow-controlled send."""
+class ByteTransport(Protocol):
+    """All an :class:`H2Connection` uses of its transport."""
 
-    __slots__ = ("conn", "id", "status", "headers", "_chunks", "_offset", "ended", "error",
-                 "_wake", "_head", "_sent_end", "_closed", "_on_close")
+    async def read(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` received; ``b""`` once the peer closed or the transport did."""
 
-    def __init__(self, conn: H2Connection, stream_id: int, on_close: Callable[[], None]) -> None:
-        self.conn = conn
-        self.id = stream_id
-        self.status: int | None = None
-        self.headers: list[tuple[str, str]] = []
-        self._chunks: deque[tuple[bytes, int]] = deque()  # (data, flow-controlled length)
-        self._offset = 0
-        self.ended = False
-        self.error: Exception | None = None
-        self._wake = asyncio.Event()  # data, end, reset, window update
-        self._head = asyncio.get_running_loop().create_future()
-        self._sent_end = False
-        self._closed = False
-        self._on_close = on_close
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for sending (dropped once the transport is closing)."""
 
-    async def response(self) -> tuple[int, list[tuple[str, str]]]:
-        """Wait for the response head: ``(status, headers)`` (pseudo-headers removed)."""
-        await self._head
-        return self.status, self.headers  # type: ignore[return-value]
+    async def drain(self) -> None:
+        """Wait until the transport takes more; raises ``ConnectionError`` when it is gone."""
 
-    async def read(self, max_bytes: int = 262144) -> bytes:
-        """Received data, acknowledged to the peer as it is consumed; ``b""`` at END_STREAM."""
-        while not self._chunks:
-            if self.error is not None:
-                raise self.error
-            if self.ended:
-                return b""
-            self._wake.clear()
-            await self._wake.wait()
-        data, flow = self._chunks[0]
-        if self._offset == 0 and len(data) <= max_bytes:
-            self._chunks.popleft()
-            piece = data
-        else:
-            piece = data[self._offset:self._offset + max_bytes]
-            self._offset += len(piece)
-            if self._offset < len(data):
-                flow = 0  # acknowledge the whole frame when its last byte is consumed
-            else:
-                self._chunks.popleft()
-                self._offset = 0
-        if flow:
-            self.conn.acknowledge(self.id, flow)
-        return piece
+    def abort(self) -> None:
+        """Close at once."""
 
-    async def write(self, data: bytes) -> None:
-        """Send DATA within the peer's flow-control windows (waits for WINDOW_UPDATE)."""
-        view = memoryview(data)
-        while view:
-            if self.error is not None:
-                raise self.error
-            size = self.conn.send_window(self.id)
-            if size <= 0:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            self.conn.send_data(self.id, view[:size].tobytes())
-            view = view[size:]
-            await self.conn.drain()
+    async def aclose(self) -> None:
+        """Close cleanly, bounded in time."""
 
-    async def write_eof(self) -> None:
-        """END_STREAM: no more data from us."""
-        if not self._sent_end and self.error is None:
-            self._sent_end = True
-            self.conn.end_stream(self.id)
-            await self.conn.drain()
-            self._maybe_closed()
 
-    async def aclose(self, *, reset: bool = False) -> None:
-        """Close: END_STREAM if we had not; RST_STREAM (CANCEL) if the peer is still sending."""
-        if self._closed:
-            return
-        if self.error is None:
-            if not reset and not self._sent_end:
-                self._sent_end = True
-                self.conn.end_stream(self.id)
-            if reset or not self.ended:
-                self.conn.reset(self.id)
-        self._close()
+class _TransportBytes:
+    """:class:`ByteTransport` over a pool :class:`Transport` (its StreamReader/Writer pair)."""
 
-    def _maybe_closed(self) -> None:
-        if (self.ended and self._sent_end) or self.error is not None:
-            self._close()
+    __slots__ = ("_t",)
 
-    def _close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.conn.forget(self.id)
-            self._wake.set()
-            if not self._head.done():
-                self._head.set_exception(self.error or RemoteProtocolError("stream closed"))
-                self._head.exception()  # retrieved: nobody may be waiting
-            self._on_close()
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
 
-    # ---- called by the connection's reader ----
-    def _on_head(self, headers: list[tuple[bytes | str, bytes | str]]) -> None:
-        for name, value in headers:
-            n = name.decode() if isinstance(name, bytes) else name
-            v = value.decode("latin-1") if isinstance(value, bytes) else value
-            if n == ":status":
-                self.status = int(v)
-            elif not n.startswith(":"):
-                self.headers.append((n, v))
-        if not self._head.done():
-            self._head.set_result(None)
+    async def read(self, max_bytes: int) -> bytes:
+        return await self._t.reader.read(max_bytes)
 
-    def _on_data(self, data: bytes, flow: int) -> None:
-        self._chunks.append((data, flow))
-        self._wake.set()
+    def write(self, data: bytes) -> None:
+        if not self._t.writer.is_closing():
+            self._t.writer.write(data)
 
-    def _on_end(self) -> None:
-        self.ended = True
-        self._wake.set()
-        if not self._head.done():
-            self._head.set_exception(RemoteProtocolError("stream ended without a response head"))
-            self._head.exception()
+    async def drain(self) -> None:
+        await self._t.writer.drain()
 
-    def _on_error(self, error: Exception) -> None:
-        if self.error is None:
-            self.error = error
-        self._wake.set()
-        if not self._head.done():
-            self._head.set_exception(error)
-            self._head.exception()
+    def abort(self) -> None:
+        self._t.abort()
+
+    async def aclose(self) -> None:
+        await self._t.aclose()
 
 
 class H2Connection:
-    """An HTTP/2 client connection; ``on_event(H2Event)`` tells the pool about settings/GOAWAY/close."""
+    """An HTTP/2 client connection; ``on_event(H2Event)`` tells the pool about settings/GOAWAY/close.
 
-    def __init__(self, transport: Transport, *, name: str, clock: Callable[[], float],
-                 on_event: Callable[[H2Event], None], ping_interval: float = 20.0,
-                 ping_timeout: float = 10.0) -> None:
+    ``transport`` is a pool :class:`Transport` or anything with the :class:`ByteTransport`
+    methods. ``on_event`` and the streams' ``on_close`` run in the connection's reader
+    task, so they must return promptly.
+    """
+
+    def __init__(self, transport: Transport | ByteTransport, *, name: str,
+                 clock: Callable[[], float], on_event: Callable[[H2Event], None],
+                 ping_interval: float = 20.0, ping_timeout: float = 10.0) -> None:
         self.transport = transport
         self.name = name
         self.clock = clock
@@ -188,9 +112,16 @@ class H2Connection:
         self.streams: dict[int, H2Stream] = {}
         self.keepalive = KeepAlive(clock(), ping_interval, ping_timeout)
         self.goaway = False
-        self.closed = False
+        self._io: ByteTransport = (_TransportBytes(transport) if isinstance(transport, Transport)
+                                   else transport)
         self._settings = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
+        self._stopped = asyncio.Event()  # set once, when the connection closes or fails
+        self._worker: asyncio.Task | None = None  # reader + keep-alive, see _run
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection closed or failed (for good)."""
+        return self._stopped.is_set()
 
     @property
     def max_streams(self) -> int:
@@ -204,10 +135,7 @@ class H2Connection:
         self.h2.update_settings({_S.INITIAL_WINDOW_SIZE: WINDOW, _S.ENABLE_PUSH: 0})
         self.h2.increment_flow_control_window(WINDOW - 65535)
         self._flush()
-        for coro in (self._reader(), self._pinger()):
-            task = asyncio.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        self._worker = asyncio.create_task(self._run(), name=f"h2 {self.name}")
         try:
             async with asyncio.timeout(timeout):
                 await self._settings.wait()
@@ -229,29 +157,30 @@ class H2Connection:
         if not self.is_available():
             raise ConnectionLost(f"{self.name}: connection is going away", retryable=True)
         sid = self.h2.get_next_available_stream_id()
-        stream = H2Stream(self, sid, on_close)
         try:
             self.h2.send_headers(sid, headers, end_stream=end_stream)
         except h2.exceptions.ProtocolError as e:
             raise ConnectionLost(f"{self.name}: cannot open a stream ({e})", retryable=True) from None
+        stream = H2Stream(self, sid, on_close, sent_end=end_stream)
         self.streams[sid] = stream
-        if end_stream:
-            stream._sent_end = True
         self._flush()
         return stream
 
-    # ---- used by streams ----
+    # ---- used by streams (H2Stream's StreamConn) ----
     def send_window(self, sid: int) -> int:
+        """Bytes stream ``sid`` may send now: both flow-control windows and the frame size."""
         try:
             return min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size)
         except h2.exceptions.StreamClosedError:
             raise ConnectionLost(f"{self.name}: stream {sid} closed", retryable=False) from None
 
     def send_data(self, sid: int, data: bytes) -> None:
+        """One DATA frame on ``sid`` (at most :meth:`send_window` bytes)."""
         self.h2.send_data(sid, data)
         self._flush()
 
     def end_stream(self, sid: int) -> None:
+        """END_STREAM on ``sid`` (nothing if the stream is already closed)."""
         try:
             self.h2.end_stream(sid)
         except h2.exceptions.StreamClosedError:
@@ -259,6 +188,7 @@ class H2Connection:
         self._flush()
 
     def reset(self, sid: int) -> None:
+        """RST_STREAM (CANCEL) on ``sid`` (nothing if the stream is already closed)."""
         try:
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
@@ -266,6 +196,7 @@ class H2Connection:
         self._flush()
 
     def acknowledge(self, sid: int, size: int) -> None:
+        """WINDOW_UPDATE for ``size`` bytes the caller consumed from ``sid``."""
         try:
             self.h2.acknowledge_received_data(size, sid)
         except (h2.exceptions.StreamClosedError, KeyError):
@@ -274,23 +205,37 @@ class H2Connection:
         self._flush()
 
     async def drain(self) -> None:
+        """Wait until the transport takes more; a lost transport fails the connection."""
         try:
-            await self.transport.writer.drain()
+            await self._io.drain()
         except (ConnectionError, OSError) as e:
             self._fail(ConnectionLost(f"{self.name}: connection lost ({e})", retryable=False))
             raise ConnectionLost(f"{self.name}: connection lost ({e})", retryable=False) from None
 
+    def forget(self, sid: int) -> None:
+        """Drop a finished stream."""
+        self.streams.pop(sid, None)
+
     def _flush(self) -> None:
         if out := self.h2.data_to_send():
-            if not self.transport.writer.is_closing():
-                self.transport.writer.write(out)
+            self._io.write(out)
 
-    # ---- background ----
+    # ---- background: one task, one TaskGroup ----
+    async def _run(self) -> None:
+        """The reader and the keep-alive: they end once the connection is closed."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._reader())
+                tg.create_task(self._pinger())
+        except Exception:
+            # a bug in either: fail the streams rather than leave their readers waiting
+            self._fail(ConnectionLost(f"{self.name}: HTTP/2 connection failed", retryable=False))
+            raise
+
     async def _reader(self) -> None:
-        reader = self.transport.reader
         try:
             while not self.closed:
-                data = await reader.read(262144)
+                data = await self._io.read(READ_SIZE)
                 if not data:
                     self._fail(ConnectionLost(f"{self.name} closed the HTTP/2 connection",
                                               retryable=False))
@@ -311,39 +256,38 @@ class H2Connection:
     def _dispatch(self, event: h2.events.Event) -> None:
         stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
         if isinstance(event, h2.events.ResponseReceived) and stream:
-            stream._on_head(event.headers)
+            stream.on_headers(event.headers)
         elif isinstance(event, h2.events.DataReceived):
             if stream:
-                stream._on_data(event.data, event.flow_controlled_length)
+                stream.on_data(event.data, event.flow_controlled_length)
             else:
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.StreamEnded) and stream:
-            stream._on_end()
-            stream._maybe_closed()
-        elif isinstance(event, h2.events.StreamReset) and stream and event.error_code == 0:
-            stream._sent_end = True  # RST_STREAM(NO_ERROR): the peer is done, nothing was lost
-            stream._on_end()
-            stream._close()
+            stream.on_end()
         elif isinstance(event, h2.events.StreamReset) and stream:
-            stream._on_error(UpstreamError(
-                f"{self.name} reset stream {event.stream_id} (error {event.error_code!s})"))
-            stream._close()
+            if event.error_code == h2.errors.ErrorCodes.NO_ERROR:
+                stream.on_reset(None)  # the peer is done and nothing was lost
+            else:
+                stream.on_reset(UpstreamError(
+                    f"{self.name} reset stream {event.stream_id} (error {event.error_code!s})"))
         elif isinstance(event, h2.events.WindowUpdated):
             targets = self.streams.values() if event.stream_id == 0 else ([stream] if stream else [])
             for s in targets:
-                s._wake.set()
+                s.on_window()
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self._settings.set()
             self.on_event(H2Event.SETTINGS)
-            for s in self.streams.values():
-                s._wake.set()  # INITIAL_WINDOW_SIZE may have grown
+            for s in list(self.streams.values()):
+                s.on_window()  # INITIAL_WINDOW_SIZE may have grown
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self.goaway = True
+            self.goaway = True  # open_stream refuses from now on
+            # h2 closes its whole state machine on GOAWAY (python-hyper/h2#1181), yet
+            # streams up to last_stream_id may still complete (RFC 9113 6.8): reopen it.
+            self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
             last = event.last_stream_id if event.last_stream_id is not None else 0
             for sid, s in list(self.streams.items()):
                 if sid > last:  # never processed by the peer: safe to retry elsewhere
-                    s._on_error(ConnectionLost(f"{self.name} sent GOAWAY", retryable=True))
-                    s._close()
+                    s.on_error(ConnectionLost(f"{self.name} sent GOAWAY", retryable=True))
             self.on_event(H2Event.GOAWAY)
 
     async def _pinger(self) -> None:
@@ -356,37 +300,37 @@ class H2Connection:
                 self.h2.ping(os.urandom(8))
                 self._flush()
                 self.keepalive.on_ping_sent(self.clock())
-            await asyncio.sleep(max(0.05, action.wait))
+            try:
+                async with asyncio.timeout(max(0.05, action.wait)):
+                    await self._stopped.wait()
+            except TimeoutError:
+                pass
 
     def _fail(self, error: Exception) -> None:
+        """Fail every stream with ``error``, drop the transport, tell the owner (once)."""
         if self.closed:
             return
-        self.closed = True
+        self._stopped.set()
         for s in list(self.streams.values()):
-            s._on_error(error)
-            s._close()
+            s.on_error(error)
         self._settings.set()
-        self.transport.abort()
+        self._io.abort()
         self.on_event(H2Event.CLOSED)
 
-    def forget(self, sid: int) -> None:
-        """Drop a finished stream; on GOAWAY the last one closes the connection."""
-        self.streams.pop(sid, None)
-
     async def aclose(self) -> None:
-        """GOAWAY, close the socket, stop the background tasks (bounded)."""
+        """GOAWAY, close the transport, stop the background task (bounded)."""
         if not self.closed:
             try:
                 self.h2.close_connection()
                 self._flush()
             except h2.exceptions.ProtocolError:
                 pass
-            self.closed = True
+            self._stopped.set()
             for s in list(self.streams.values()):
-                s._on_error(ConnectionLost(f"{self.name}: connection closed", retryable=False))
-                s._close()
-            await self.transport.aclose()
+                s.on_error(ConnectionLost(f"{self.name}: connection closed", retryable=False))
+            await self._io.aclose()
             self.on_event(H2Event.CLOSED)
-        for t in list(self._tasks):
-            if t is not asyncio.current_task():
-                t.cancel()
+        worker = self._worker
+        if worker is not None and worker is not asyncio.current_task():
+            worker.cancel()
+            await asyncio.wait([worker], timeout=CLOSE_TIMEOUT)

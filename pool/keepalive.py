@@ -19,10 +19,10 @@ class PingKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PingAction:
-    """What the HTTP/2 keep-alive timer should do now, and when to look again."""
+    """What the keep-alive timer asks for now, and in how many seconds to ask it again."""
 
     kind: PingKind
-    wait: float  # seconds until the timer should look again
+    wait: float
 
 
 class KeepAlive:
@@ -50,8 +50,12 @@ class KeepAlive:
 
     def due(self, now: float) -> PingAction:
         """Ping, declare dead, or wait (with how long)."""
-        if self._ping_sent is not None:
+        if self._ping_sent is not None:  # waiting for the ACK
             left = self._ping_sent + self.timeout - now
-            return PingAction(PingKind.DEAD, 0.0) if left <= 0 else PingAction(PingKind.WAIT, left)
+            if left <= 0:
+                return PingAction(PingKind.DEAD, 0.0)
+            return PingAction(PingKind.WAIT, left)
         left = self._last_rx + self.interval - now
-        return PingAction(PingKind.PING, self.timeout) if left <= 0 else PingAction(PingKind.WAIT, left)
+        if left <= 0:
+            return PingAction(PingKind.PING, self.timeout)  # look again when the ACK is due
+        return PingAction(PingKind.WAIT, left)

@@ -1,0 +1,218 @@
+"""One HTTP/2 stream of an :class:`~atlantic.pool.h2conn.H2Connection`, as the caller sees it.
+
+Async adapter, driven from two sides. The caller reads the response head and body and
+writes the request body (``response/read/write/write_eof/aclose``). The connection's
+reader tells the stream what arrived through the ``on_*`` methods, and the stream asks
+its connection (:class:`StreamConn`) to send, acknowledge and forget. Neither side
+touches the other's private state.
+
+Two halves, as in RFC 9113 5.1: ``ended`` (the peer sent END_STREAM) and ``sent_end``
+(we did). The stream closes, once, when both halves are done or it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from atlantic.pool.errors import RemoteProtocolError
+
+__all__ = ["H2Stream", "StreamConn"]
+
+
+class StreamConn(Protocol):
+    """What a stream asks of its connection (every call takes the stream id)."""
+
+    def send_window(self, sid: int) -> int:
+        """Bytes we may send now (flow control and frame size); raises when the stream is gone."""
+
+    def send_data(self, sid: int, data: bytes) -> None:
+        """Queue one DATA frame (within :meth:`send_window`)."""
+
+    def end_stream(self, sid: int) -> None:
+        """Queue END_STREAM."""
+
+    def reset(self, sid: int) -> None:
+        """Queue RST_STREAM (CANCEL)."""
+
+    def acknowledge(self, sid: int, size: int) -> None:
+        """Give ``size`` flow-controlled bytes back to the peer (WINDOW_UPDATE)."""
+
+    async def drain(self) -> None:
+        """Wait until the transport takes more."""
+
+    def forget(self, sid: int) -> None:
+        """The stream is closed: drop it."""
+
+
+class H2Stream:
+    """One stream: response head, received DATA (acknowledged when read), flow-controlled send.
+
+    The connection reports with :meth:`on_headers`, :meth:`on_data`, :meth:`on_end`,
+    :meth:`on_reset`, :meth:`on_error` and :meth:`on_window`; ``on_close`` runs once,
+    when the stream closes.
+    """
+
+    __slots__ = ("conn", "id", "status", "headers", "ended", "error", "_sent_end", "_closed",
+                 "_chunks", "_offset", "_wake", "_head", "_on_close")
+
+    def __init__(self, conn: StreamConn, stream_id: int, on_close: Callable[[], None], *,
+                 sent_end: bool = False) -> None:
+        self.conn = conn
+        self.id = stream_id
+        self.status: int | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.ended = False  # the peer sent END_STREAM (or RST_STREAM NO_ERROR)
+        self.error: Exception | None = None
+        self._sent_end = sent_end  # True when the HEADERS carried END_STREAM
+        self._closed = False
+        self._chunks: deque[tuple[bytes, int]] = deque()  # (data, flow-controlled length)
+        self._offset = 0
+        self._wake = asyncio.Event()  # data, end, reset, window update
+        self._head = asyncio.get_running_loop().create_future()
+        self._on_close = on_close
+
+    @property
+    def sent_end(self) -> bool:
+        """True once we sent END_STREAM: no more data from us."""
+        return self._sent_end
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream is closed (both halves done, reset or failed)."""
+        return self._closed
+
+    # ---- the caller's side ----
+    async def response(self) -> tuple[int, list[tuple[str, str]]]:
+        """Wait for the response head: ``(status, headers)`` (pseudo-headers removed)."""
+        await self._head
+        return self.status, self.headers  # type: ignore[return-value]
+
+    async def read(self, max_bytes: int = 262144) -> bytes:
+        """Received data, acknowledged to the peer as it is consumed; ``b""`` at END_STREAM."""
+        while not self._chunks:
+            if self.error is not None:
+                raise self.error
+            if self.ended:
+                return b""
+            self._wake.clear()
+            await self._wake.wait()
+        data, flow = self._chunks[0]
+        if self._offset == 0 and len(data) <= max_bytes:
+            self._chunks.popleft()
+            piece = data
+        else:
+            piece = data[self._offset:self._offset + max_bytes]
+            self._offset += len(piece)
+            if self._offset < len(data):
+                flow = 0  # acknowledge the whole frame when its last byte is consumed
+            else:
+                self._chunks.popleft()
+                self._offset = 0
+        if flow:
+            self.conn.acknowledge(self.id, flow)
+        return piece
+
+    async def write(self, data: bytes) -> None:
+        """Send DATA within the peer's flow-control windows (waits for WINDOW_UPDATE)."""
+        view = memoryview(data)
+        while view:
+            if self.error is not None:
+                raise self.error
+            size = self.conn.send_window(self.id)
+            if size <= 0:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self.conn.send_data(self.id, view[:size].tobytes())
+            view = view[size:]
+            await self.conn.drain()
+
+    async def write_eof(self) -> None:
+        """END_STREAM: no more data from us."""
+        if not self._sent_end and self.error is None:
+            self._sent_end = True
+            self.conn.end_stream(self.id)
+            await self.conn.drain()
+            if self.ended:
+                self._close()
+
+    async def aclose(self, *, reset: bool = False) -> None:
+        """Close: END_STREAM if we had not; RST_STREAM (CANCEL) if the peer is still sending."""
+        if self._closed:
+            return
+        if self.error is None:
+            if not reset and not self._sent_end:
+                self._sent_end = True
+                self.conn.end_stream(self.id)
+            if reset or not self.ended:
+                self.conn.reset(self.id)
+        self._close()
+
+    # ---- what the connection tells the stream ----
+    def on_headers(self, headers: list[tuple[bytes | str, bytes | str]]) -> None:
+        """The response HEADERS arrived: keep ``:status`` and the regular headers."""
+        for name, value in headers:
+            n = name.decode() if isinstance(name, bytes) else name
+            v = value.decode("latin-1") if isinstance(value, bytes) else value
+            if n == ":status":
+                self.status = int(v)
+            elif not n.startswith(":"):
+                self.headers.append((n, v))
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def on_data(self, data: bytes, flow: int) -> None:
+        """DATA arrived; its ``flow`` (flow-controlled length) is acknowledged once read."""
+        self._chunks.append((data, flow))
+        self._wake.set()
+
+    def on_end(self) -> None:
+        """The peer sent END_STREAM; the stream closes if we had sent ours."""
+        self._end()
+        if self._sent_end:
+            self._close()
+
+    def on_reset(self, error: Exception | None) -> None:
+        """The peer sent RST_STREAM: ``None`` for NO_ERROR (a clean end, nothing was lost),
+        else the error the caller's next read or write raises. Closes the stream."""
+        if error is not None:
+            self.on_error(error)
+            return
+        self._sent_end = True  # nothing more may be sent after a reset
+        self._end()
+        self._close()
+
+    def on_error(self, error: Exception) -> None:
+        """The stream failed (connection lost, GOAWAY, reset): reads and writes raise
+        ``error`` (the first one wins). Closes the stream."""
+        if self.error is None:
+            self.error = error
+        self._wake.set()
+        self._fail_head(error)
+        self._close()
+
+    def on_window(self) -> None:
+        """Our send window may have grown (WINDOW_UPDATE, SETTINGS): wake a waiting writer."""
+        self._wake.set()
+
+    # ---- internal ----
+    def _end(self) -> None:
+        self.ended = True
+        self._wake.set()
+        self._fail_head(RemoteProtocolError("stream ended without a response head"))
+
+    def _fail_head(self, error: Exception) -> None:
+        if not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved: nobody may be waiting
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.conn.forget(self.id)
+            self._wake.set()
+            self._fail_head(self.error or RemoteProtocolError("stream closed"))
+            self._on_close()
