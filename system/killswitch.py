@@ -29,6 +29,7 @@ from dataclasses import dataclass
 TABLE = "atlantic"
 NFT_TIMEOUT_S = 10.0
 BLOCKED_COMMENT = "atlantic: blocked"
+DNS_COMMENT = "atlantic: dns blocked"  # DNS trying to leave a physical interface (counted apart)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,8 @@ def _output_rules(cfg: KillSwitchConfig) -> list[str]:
 
 def _reject_rules() -> list[str]:
     return [
+        f'tcp dport 53 counter reject with tcp reset comment "{DNS_COMMENT}"',
+        f'udp dport 53 counter reject with icmpx type admin-prohibited comment "{DNS_COMMENT}"',
         f'meta l4proto tcp counter reject with tcp reset comment "{BLOCKED_COMMENT}"',
         f'counter reject with icmpx type admin-prohibited comment "{BLOCKED_COMMENT}"',
     ]
@@ -185,17 +188,20 @@ def is_active() -> bool:
 
 
 def parse_counters(listing: dict) -> dict[str, int]:
-    """Blocked packet and byte totals from ``nft -j list table inet atlantic`` output (pure)."""
-    out = {"blocked_packets": 0, "blocked_bytes": 0}
+    """Blocked packet and byte totals from ``nft -j list table inet atlantic`` output (pure):
+    every rejected packet, and apart from them how many of those were DNS."""
+    out = {"blocked_packets": 0, "blocked_bytes": 0, "blocked_dns_packets": 0}
     for item in listing.get("nftables", []):
         rule = item.get("rule")
-        if not rule or rule.get("comment") != BLOCKED_COMMENT:
+        if not rule or rule.get("comment") not in (BLOCKED_COMMENT, DNS_COMMENT):
             continue
         for expr in rule.get("expr", []):
             c = expr.get("counter") if isinstance(expr, dict) else None
             if isinstance(c, dict):
                 out["blocked_packets"] += int(c.get("packets", 0))
                 out["blocked_bytes"] += int(c.get("bytes", 0))
+                if rule.get("comment") == DNS_COMMENT:
+                    out["blocked_dns_packets"] += int(c.get("packets", 0))
     return out
 
 
