@@ -14,6 +14,10 @@ Tunnels over plain sockets are relayed with ``os.splice``; HTTP/2 streams and TL
 the proxy through Python. A flow that cannot be carried (no NAT entry, proxy refusal,
 dead proxy) is reset at once, so the application fails fast; the reason is logged once
 per kind of failure (not per flow) and shown in ``status``.
+
+Every accept loop and flow is a task of one TaskGroup (held by one runner task); a flow
+catches and counts its own errors, so one flow's bug never cancels the others. Shutdown
+(``aclose``) stops accepting, gives open flows a while, then cancels them, bounded.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from atlantic.forwarder.sniff import FlowKind, sniff
 from atlantic.forwarder.stream_relay import relay_stream
 from atlantic.pool.upstream import Upstream
 from atlantic.dns.intercept import DnsInterceptor
-from atlantic.pool.api import Pool
+from atlantic.pool.api import DetachableStream, Pool
 
 log = logging.getLogger("atlantic.forwarder")
 
@@ -69,17 +73,28 @@ class Dispatcher:
         self.kinds = {kind.value: 0 for kind in FlowKind}
         self.flows_total = self.flows_failed = 0
         self.errors: dict[str, ErrorNote] = {}
-        self._tasks: set[asyncio.Task] = set()
-        self._accept_tasks: list[asyncio.Task] = []
-
-    @property
-    def flows_open(self) -> int:
-        return len(self._tasks)
+        self.flows_open = 0  # accepted and not finished yet
+        self._no_flows = asyncio.Event()  # set while flows_open == 0
+        self._no_flows.set()
+        self._stop = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
+        self._runner: asyncio.Task | None = None
+        self._accept_tasks: list[asyncio.Task] = []  # handles, to stop accepting
 
     async def serve(self, listener: socket.socket) -> Dispatcher:
         """Start accepting on ``listener`` (non-blocking, listening); returns self as the server."""
-        self._accept_tasks.append(asyncio.create_task(self._accept_loop(listener), name="accept"))
+        if self._runner is None:
+            ready = asyncio.Event()
+            self._runner = asyncio.create_task(self._run(ready), name="dispatcher")
+            await ready.wait()
+        self._accept_tasks.append(self._group.create_task(self._accept_loop(listener), name="accept"))
         return self
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            ready.set()
+            await self._stop.wait()  # then the group waits for what is left (see aclose)
 
     def close(self) -> None:
         """Stop accepting new flows (open ones continue until ``aclose``)."""
@@ -89,30 +104,46 @@ class Dispatcher:
     async def aclose(self, timeout: float) -> None:
         """Stop accepting, give open flows ``timeout`` seconds, then cut them."""
         self.close()
-        if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        runner = self._runner
+        if runner is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._no_flows.wait()
+        except TimeoutError:
+            runner.cancel()  # the group cancels every flow still open
+        self._stop.set()
+        await asyncio.wait([runner], timeout=1.0)
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
                 sock, peer = await loop.sock_accept(listener)
-            except asyncio.CancelledError:
-                raise
             except OSError as exc:  # EMFILE and friends: say so, back off, keep serving
                 self.note_error(f"accept failed: {exc.strerror or exc}")
                 await asyncio.sleep(0.1)
                 continue
+            except Exception as exc:  # noqa: BLE001 - e.g. the listener was closed: stop accepting here
+                self.note_error(f"accept stopped ({type(exc).__name__}: {exc})")
+                return
             sock.setblocking(False)
-            task = asyncio.create_task(self._flow(sock, peer[1]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.flows_open += 1  # counted from here: a drain must wait for it too
+            self._no_flows.clear()
+            self._group.create_task(self._flow(sock, peer[1]))
 
     async def _flow(self, sock: socket.socket, nat_port: int) -> None:
+        """One accepted flow, start to end; its errors are its own (counted, reset)."""
+        try:
+            await self._serve_flow(sock, nat_port)
+        except Exception as exc:  # noqa: BLE001 - a bug costs this flow, never its siblings
+            self._refuse(sock, f"flow from NAT port {nat_port} failed ({type(exc).__name__}: {exc})")
+        finally:
+            self.flows_open -= 1
+            if self.flows_open == 0:
+                self._no_flows.set()
+
+    async def _serve_flow(self, sock: socket.socket, nat_port: int) -> None:
         self.flows_total += 1
         flow = self.lookup(nat_port)
         if flow is None:
@@ -180,7 +211,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             abort_socket(sock)
             raise
-        detached = stream.detach() if hasattr(stream, "detach") else None
+        detached = stream.detach() if isinstance(stream, DetachableStream) else None
         if detached is not None:
             upstream_sock, leftover = detached
             await relay(sock, upstream_sock, self.relay_counters, idle_timeout=self.idle_timeout,

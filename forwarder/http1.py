@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -47,6 +46,7 @@ from atlantic.forwarder.http1_heads import (
 )
 from atlantic.forwarder.stream_relay import relay_stream
 from atlantic.pool.api import Endpoint, Pool, ResponseStream, SplicingResponseStream
+from atlantic.pool.splice import set_reset_on_close
 
 __all__ = ["HttpCounters", "serve_http"]
 
@@ -56,7 +56,6 @@ RECV_SIZE = 65536
 READ_SIZE = 262144  # one response buffer; the socket's send buffer holds the rest
 LINGER_S = 2.0  # after our FIN, read what the application still sends so it sees no RST
 LINGER_BYTES = 16 * 1024 * 1024
-_LINGER_RESET = struct.pack("ii", 1, 0)
 _NO_BODY_STATUS = (204, 304)
 
 
@@ -271,7 +270,7 @@ class _Flow:
                 await stream.read(1)  # b"": marks the body complete, so the pool reuses its connection
             except Exception:  # noqa: BLE001 - the app has its response; the pool closes that connection
                 pass
-        elif hasattr(stream, "can_splice_body") and stream.can_splice_body():
+        elif isinstance(stream, SplicingResponseStream) and stream.can_splice_body():
             await self.splice_body(stream)
         else:
             await self.copy_body(stream)
@@ -382,10 +381,7 @@ class _Flow:
             self.body.abandon_if_running()
         sock = self.sock
         if mode == "reset":
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            except OSError:
-                pass
+            set_reset_on_close(sock)
         try:
             if mode == "graceful":
                 await _lingering_close(self.loop, sock)

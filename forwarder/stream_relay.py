@@ -3,7 +3,8 @@
 Used when an HTTP/1.x flow turns into a tunnel (CONNECT from the application, an
 ``Upgrade`` such as WebSocket). Each direction moves one buffer at a time and waits for
 the other side to take it, so memory per flow is two buffers. Half-close travels:
-EOF from the application becomes ``write_eof()``, the end of the stream a FIN.
+EOF from the application becomes ``write_eof()``, the end of the stream a FIN. The two
+directions are tasks of one TaskGroup: one failing cancels the other.
 """
 
 from __future__ import annotations
@@ -76,40 +77,47 @@ async def relay_stream(
             await loop.sock_sendall(sock, data)
             moved[1] += len(data)
 
-    up_task = asyncio.create_task(up())
-    tasks = {up_task, asyncio.create_task(down())}
     reason = "closed"
-    app_closed_at = None
     try:
-        pending = tasks
-        while pending:
-            # Idle: re-arm until neither direction moved for a whole period.
-            deadline = last[0] + idle_timeout
-            if app_closed_at is not None:
-                deadline = min(deadline, app_closed_at + half_close_timeout)
-            done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()),
-                                               return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                exc = task.exception()
-                if exc is not None:
-                    reason = f"{type(exc).__name__}: {exc}"
-                    pending = set()
-                    break
-                if task is up_task:
-                    app_closed_at = loop.time()
-            else:
-                if not done and loop.time() - last[0] >= idle_timeout:
-                    reason = "idle"
-                    break
-                if not done and app_closed_at is not None and loop.time() - app_closed_at >= half_close_timeout:
-                    reason = "half-close timeout"
-                    break
+        async with asyncio.TaskGroup() as tg:
+            up_task, down_task = tg.create_task(up()), tg.create_task(down())
+            reason = await _watch(loop, up_task, down_task, last, idle_timeout, half_close_timeout)
+            if reason != "closed":
+                raise _Stalled  # the group cancels both directions
+    except* _Stalled:
+        pass
+    except* Exception as failed:  # one direction failed: the group cancelled the other
+        exc = failed.exceptions[0]
+        reason = f"{type(exc).__name__}: {exc}"
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await stream.aclose(reset=reason != "closed")
         except Exception:  # noqa: BLE001 - closing a broken stream must not mask the result
             pass
     return StreamRelayResult(moved[0], moved[1], reason)
+
+
+class _Stalled(Exception):
+    """The relay stopped for lack of progress (idle, or half-closed too long)."""
+
+
+async def _watch(loop: asyncio.AbstractEventLoop, up_task: asyncio.Task, down_task: asyncio.Task,
+                 last: list[float], idle_timeout: float, half_close_timeout: float) -> str:
+    """Wait for both directions to end: ``"closed"``, or ``"idle"`` / ``"half-close
+    timeout"`` when they stall first (``last[0]``: when a byte last moved)."""
+    pending = {up_task, down_task}
+    app_closed_at = None
+    while pending:
+        # Idle: re-arm until neither direction moved for a whole period.
+        deadline = last[0] + idle_timeout
+        if app_closed_at is not None:
+            deadline = min(deadline, app_closed_at + half_close_timeout)
+        done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()),
+                                           return_when=asyncio.FIRST_COMPLETED)
+        if up_task in done:
+            app_closed_at = loop.time()
+        if not done and loop.time() - last[0] >= idle_timeout:
+            return "idle"
+        if not done and app_closed_at is not None and loop.time() - app_closed_at >= half_close_timeout:
+            return "half-close timeout"
+    return "closed"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from atlantic.pool.splice import ByteCounters
@@ -84,11 +84,13 @@ class ResponseStream(Protocol):
         ...
 
 
+@runtime_checkable
 class SplicingResponseStream(ResponseStream, Protocol):
     """A response whose body can also move socket to socket without entering Python.
 
-    Optional (HTTP/1.1 over plain TCP): the forwarder splices when ``can_splice_body()``
-    says so and reads otherwise.
+    Optional (HTTP/1.1 over plain TCP): the forwarder checks
+    ``isinstance(stream, SplicingResponseStream)``, then splices when
+    ``can_splice_body()`` says so and reads otherwise.
     """
 
     def can_splice_body(self) -> bool:
@@ -122,6 +124,22 @@ class ByteStream(Protocol):
 
     async def aclose(self, *, reset: bool = False) -> None:
         """Close both ways; ``reset`` aborts (RST / RST_STREAM) instead of closing cleanly."""
+        ...
+
+
+@runtime_checkable
+class DetachableStream(ByteStream, Protocol):
+    """A tunnel that may leave asyncio as a plain socket, for a relay with ``os.splice``.
+
+    Optional: the forwarder checks ``isinstance(stream, DetachableStream)`` and relays
+    through Python when the stream is not one or ``detach()`` says no.
+    """
+
+    def detach(self) -> tuple[socket.socket, bytes] | None:
+        """The connected socket (now the caller's) and the bytes already read from it,
+        or None when the bytes cannot go socket to socket (e.g. TLS to the proxy); the
+        stream stays usable then. After a detach the stream is unusable.
+        """
         ...
 
 

@@ -1,60 +1,145 @@
-"""The pool's background tasks: idle expiry, proxy URL refresh, warm CONNECT connections.
+"""The pool's background tasks: idle expiry, proxy URL refresh, warm CONNECT connections,
+and :class:`PoolTasks`, the TaskGroups that own every task of a pool.
 
-Async adapter; each loop sleeps between bounded steps and is cancelled by ``aclose``.
+Async adapter; each loop sleeps between bounded steps and runs until cancelled. Each
+takes exactly what it works on, as arguments: no handle on the pool itself.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 
+from atlantic.pool.conns import ConnectionSet
 from atlantic.pool.errors import UpstreamError
-from atlantic.pool.upstream import UpstreamKind
-from atlantic.pool.http11 import H1Connection
+from atlantic.pool.proxyurl import ProxySnapshot, ProxyURLCache
+from atlantic.pool.transport import Transport
+from atlantic.pool.tunnel import WarmSet
 
-if TYPE_CHECKING:
-    from atlantic.pool.pool import UpstreamPool
+__all__ = ["PoolTasks", "expire_loop", "refresh_loop", "warm_loop"]
 
-__all__ = ["expire_loop", "refresh_loop", "warm_loop"]
+log = logging.getLogger("atlantic.pool")
 
 
-async def expire_loop(pool: UpstreamPool) -> None:
+async def expire_loop(conns: ConnectionSet, warm: WarmSet, proxy: ProxyURLCache,
+                      clock: Callable[[], float]) -> None:
     """Close idle connections past the idle timeout, or closed by the peer; prune warm ones."""
     while True:
-        now = pool.clock()
-        for rec in pool.plan.expire(now):
-            pool._drop(rec)
-        for rec, conn in list(pool._conns.items()):  # idle keep-alive closed by the peer
-            if isinstance(conn, H1Connection) and rec.is_idle() and conn.is_peer_closed():
-                pool._drop(rec)
-        pool.warm.prune(now, keep_key=pool.proxy.current.key)
-        nxt = pool.plan.next_expiry()
+        now = clock()
+        conns.expire(now)
+        warm.prune(now, keep_key=proxy.current.key)
+        nxt = conns.next_expiry()
         await asyncio.sleep(min(5.0, max(0.05, (nxt - now) if nxt else 5.0)))
 
 
-async def refresh_loop(pool: UpstreamPool) -> None:
+async def refresh_loop(proxy: ProxyURLCache, clock: Callable[[], float],
+                       warm_wanted: asyncio.Event) -> None:
     """Re-render the proxy URL snapshot every 30 s and when the sticky session runs out."""
     while True:
-        await asyncio.sleep(pool.proxy.seconds_until_refresh(pool.clock()) or 0.05)
-        if pool.proxy.refresh(pool.clock()):
-            pool._warm_wanted.set()  # a new session: warm connections for the new key
+        await asyncio.sleep(proxy.seconds_until_refresh(clock()) or 0.05)
+        if proxy.refresh(clock()):
+            warm_wanted.set()  # a new session: warm connections for the new key
 
 
-async def warm_loop(pool: UpstreamPool) -> None:
-    """Keep ``warm.size`` connections ready for CONNECT to an HTTP/1.1 proxy (while tunnels are used)."""
+async def warm_loop(warm_wanted: asyncio.Event, warm: WarmSet,
+                    target: Callable[[], ProxySnapshot | None],
+                    open_transport: Callable[[ProxySnapshot], Awaitable[Transport]]) -> None:
+    """Each time ``warm_wanted`` is set, fill ``warm`` for ``target()`` (the proxy whose
+    CONNECTs want warm connections now, None when none does) with ``open_transport``."""
     while True:
-        await pool._warm_wanted.wait()
-        pool._warm_wanted.clear()
-        snap = pool.proxy.current
-        if (snap.upstream.is_direct or pool.warm.size == 0 or snap.key in pool.plan.h2_keys
-                or pool.clock() - pool._last_tunnel > pool.plan.idle_timeout):
+        await warm_wanted.wait()
+        warm_wanted.clear()
+        snap = target()
+        if snap is None:
             continue
-        if snap.upstream.kind is UpstreamKind.HTTPS and snap.key not in pool._h1_keys:
-            continue  # h2 proxies carry tunnels as streams; nothing to keep warm
-        for _ in range(pool.warm.missing(snap.key)):
+        for _ in range(warm.missing(snap.key)):
             try:
-                t = await pool._open(snap.key, snap)
+                t = await open_transport(snap)
             except UpstreamError:
                 await asyncio.sleep(1.0)  # proxy unreachable: try again on the next tunnel
                 break
-            pool.warm.put(snap.key, t)
+            warm.put(snap.key, t)
+
+
+async def _guarded(start: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run ``start()``; an error (a bug) ends this task only, logged, never its TaskGroup."""
+    try:
+        await start()
+    except Exception:
+        log.exception("pool: %s failed", what)
+
+
+class PoolTasks:
+    """Every task of one pool, owned by two TaskGroups in one runner task.
+
+    The work group holds the background loops (given here) and whatever :meth:`spawn`
+    adds (connection openers); the close group holds :meth:`spawn_close`'s closes and the
+    work group. :meth:`aclose` (the shutdown event, then a bounded drain) cancels the
+    work and lets the closes finish: closes outlive the work, so a connection dropped
+    while the work stops still closes. Each task catches and logs its own errors.
+    """
+
+    __slots__ = ("_loops", "_runner", "_ready", "_stop", "_closes", "_work")
+
+    def __init__(self, loops: Sequence[tuple[str, Callable[[], Awaitable[object]]]]) -> None:
+        self._loops = tuple(loops)
+        self._runner: asyncio.Task | None = None
+        self._ready = asyncio.Event()  # both groups are open
+        self._stop = asyncio.Event()
+        self._closes: asyncio.TaskGroup | None = None
+        self._work: asyncio.TaskGroup | None = None
+
+    @property
+    def is_running(self) -> bool:
+        """True from :meth:`start` until the runner ended."""
+        return self._runner is not None and not self._runner.done()
+
+    async def start(self) -> None:
+        """Open the groups and start the loops (once; later calls return at once)."""
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="pool")
+        if not self._ready.is_set():
+            await self._ready.wait()
+
+    def spawn(self, start: Callable[[], Awaitable[object]], what: str) -> None:
+        """Run ``start()`` in the work group (cancelled at shutdown). After :meth:`start`."""
+        self._work.create_task(_guarded(start, what), name=f"pool {what}")
+
+    def spawn_close(self, start: Callable[[], Awaitable[object]], what: str) -> bool:
+        """Run ``start()`` in the close group; False if no task can run any more."""
+        if self._closes is None or not self.is_running:
+            return False
+        task = _guarded(start, what)
+        try:
+            self._closes.create_task(task, name=f"pool {what}")
+        except RuntimeError:  # the group is being cut (the drain timed out)
+            task.close()
+            return False
+        return True
+
+    async def aclose(self, timeout: float) -> None:
+        """Cancel the work, wait up to ``timeout`` s for the closes, then cut them."""
+        self._stop.set()
+        self._ready.set()  # nobody waits for a start that will not come
+        runner = self._runner
+        if runner is not None and not runner.done():
+            done, _ = await asyncio.wait([runner], timeout=timeout)
+            if not done:
+                runner.cancel()
+                await asyncio.wait([runner], timeout=0.5)
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as closes:
+            self._closes = closes
+            work = closes.create_task(self._run_work(), name="pool work")
+            await self._stop.wait()
+            work.cancel()
+
+    async def _run_work(self) -> None:
+        async with asyncio.TaskGroup() as work:
+            self._work = work
+            for what, start in self._loops:
+                work.create_task(_guarded(start, what), name=f"pool {what}")
+            self._ready.set()
+            await asyncio.get_running_loop().create_future()  # until shutdown cancels the work

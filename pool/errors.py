@@ -23,10 +23,6 @@ class MarkPermissionError(UpstreamError, PermissionError):
     """SO_MARK could not be set: the daemon lacks CAP_NET_ADMIN (a local fault)."""
 
 
-class UpstreamNotSupportedError(UpstreamError):
-    """The upstream kind is parsed but not carried yet (https://, HTTP/2)."""
-
-
 class UpstreamStatusError(UpstreamError):
     """The proxy answered CONNECT with a non-2xx status."""
 

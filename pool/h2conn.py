@@ -7,8 +7,8 @@ declares the connection dead when no ACK comes (:class:`~atlantic.pool.keepalive
 Our receive windows are 2^24 (connection and stream), and received data is acknowledged
 only as the caller consumes it, so a slow reader holds the sender back.
 
-The connection needs little from its transport (:class:`ByteTransport`); a pool
-:class:`~atlantic.pool.transport.Transport` is adapted to it here, in one place.
+The connection needs little from its transport (:class:`ByteTransport`), which a pool
+:class:`~atlantic.pool.transport.Transport` provides as it is.
 """
 
 from __future__ import annotations
@@ -67,36 +67,12 @@ class ByteTransport(Protocol):
         """Close cleanly, bounded in time."""
 
 
-class _TransportBytes:
-    """:class:`ByteTransport` over a pool :class:`Transport` (its StreamReader/Writer pair)."""
-
-    __slots__ = ("_t",)
-
-    def __init__(self, transport: Transport) -> None:
-        self._t = transport
-
-    async def read(self, max_bytes: int) -> bytes:
-        return await self._t.reader.read(max_bytes)
-
-    def write(self, data: bytes) -> None:
-        if not self._t.writer.is_closing():
-            self._t.writer.write(data)
-
-    async def drain(self) -> None:
-        await self._t.writer.drain()
-
-    def abort(self) -> None:
-        self._t.abort()
-
-    async def aclose(self) -> None:
-        await self._t.aclose()
-
-
 class H2Connection:
     """An HTTP/2 client connection; ``on_event(H2Event)`` tells the pool about settings/GOAWAY/close.
 
-    ``transport`` is a pool :class:`Transport` or anything with the :class:`ByteTransport`
-    methods. ``on_event`` and the streams' ``on_close`` run in the connection's reader
+    ``transport`` is a pool :class:`Transport` or anything else with the
+    :class:`ByteTransport` methods (the tests' scripted peer). ``on_event`` and the
+    streams' ``on_close`` run in the connection's reader
     task, so they must return promptly.
     """
 
@@ -112,8 +88,7 @@ class H2Connection:
         self.streams: dict[int, H2Stream] = {}
         self.keepalive = KeepAlive(clock(), ping_interval, ping_timeout)
         self.goaway = False
-        self._io: ByteTransport = (_TransportBytes(transport) if isinstance(transport, Transport)
-                                   else transport)
+        self._io: ByteTransport = transport
         self._settings = asyncio.Event()
         self._stopped = asyncio.Event()  # set once, when the connection closes or fails
         self._worker: asyncio.Task | None = None  # reader + keep-alive, see _run

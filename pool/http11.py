@@ -97,6 +97,10 @@ class H1Connection:
         """True if this idle connection cannot be reused (peer closed or sent junk)."""
         return self.transport.is_peer_closed()
 
+    async def aclose(self) -> None:
+        """Close the connection (bounded: half a second for the peer to take the FIN)."""
+        await self.transport.aclose(0.5)
+
     async def send(self, head: RequestHead, body: AsyncIterator[bytes] | None,
                    proxy_authorization: str | None) -> ResponseHead:
         """Send the request and its body; return the response head (1xx skipped).
@@ -107,7 +111,7 @@ class H1Connection:
         target = head.target
         if self.absolute_form:
             target = f"http://{head.endpoint.authority}{head.target}"
-        w = self.transport.writer
+        w = self.transport
         self.used = True
         try:
             w.write(self.h11.send(h11.Request(method=head.method, target=target,
@@ -127,7 +131,7 @@ class H1Connection:
             raise RemoteProtocolError(f"cannot send request to {self.name}: {e}") from None
         got_bytes = False
         while True:
-            event, got = await self._next_event()
+            event, got = await self.next_event()
             got_bytes = got_bytes or got
             if isinstance(event, h11.InformationalResponse):
                 continue
@@ -141,7 +145,12 @@ class H1Connection:
                                      retryable=not got_bytes)
             raise RemoteProtocolError(f"{self.name}: unexpected {type(event).__name__}")
 
-    async def _next_event(self, read_size: int = 65536) -> tuple[object, bool]:
+    async def next_event(self, read_size: int = 65536) -> tuple[object, bool]:
+        """The next h11 event, reading as needed; and whether any byte arrived meanwhile.
+
+        EOF while a response is due becomes ``h11.ConnectionClosed`` (h11 would call it a
+        protocol error); raises :class:`RemoteProtocolError` for broken HTTP.
+        """
         got = False
         while True:
             try:
@@ -151,7 +160,7 @@ class H1Connection:
             if event is not h11.NEED_DATA:
                 return event, got
             try:
-                data = await self.transport.reader.read(read_size)
+                data = await self.transport.read(read_size)
             except (ConnectionError, OSError):
                 data = b""
             if not data and self.h11.their_state is h11.SEND_RESPONSE:
@@ -163,7 +172,7 @@ class H1Connection:
         """After a complete exchange: may the next request go here? (starts the next cycle)."""
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
-            return not self.transport.writer.is_closing()
+            return not self.transport.is_closing()
         return False
 
     def restart_after_splice(self) -> bool:
@@ -173,7 +182,7 @@ class H1Connection:
         h11 still waits for that body, so a fresh h11 connection takes over. Our state
         is DONE unless either side's head disabled keep-alive (then MUST_CLOSE).
         """
-        if self.h11.our_state is h11.DONE and not self.transport.writer.is_closing():
+        if self.h11.our_state is h11.DONE and not self.transport.is_closing():
             self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
             return True
         return False
@@ -199,7 +208,7 @@ class H1ResponseStream:
             return b""
         self._started = True
         try:
-            event, _ = await self._conn._next_event(max(max_bytes, 16384))
+            event, _ = await self._conn.next_event(max(max_bytes, 16384))
         except BaseException:
             self._release(False)
             raise

@@ -5,22 +5,27 @@ most recently used connection, else open one under the per-key limit, else wait)
 the request goes out on that connection: HTTP/1.1 keep-alive (h11) to a proxy or origin,
 or a stream on an HTTP/2 proxy connection (h2). Tunnels ride CONNECT streams (h2) or
 consume a warm HTTP/1.1 proxy connection. The clock is injected (``clock``) and only
-read here, never in the core.
+read here, never in the core. Connection life (plan records and live objects) is the
+:class:`~atlantic.pool.conns.ConnectionSet`'s.
+
+Every task (background loops, connection openers, connection closes) belongs to the
+TaskGroups of :class:`~atlantic.pool.background.PoolTasks`; ``aclose`` is bounded (~2 s).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
 
 from atlantic.pool.connect import ConnectResponse, format_authority, raise_for_status
 from atlantic.pool.errors import RemoteProtocolError, UpstreamError, UpstreamTimeoutError
 from atlantic.pool.upstream import UpstreamKind
-from atlantic.pool.api import RequestHead
-from atlantic.pool.background import expire_loop, refresh_loop, warm_loop
+from atlantic.pool.api import ByteStream, RequestHead
+from atlantic.pool.background import PoolTasks, expire_loop, refresh_loop, warm_loop
+from atlantic.pool.conns import Connection, ConnectionSet
 from atlantic.pool.counters import Counters
 from atlantic.pool.exchange import (
     H2ResponseStream, auth_error, h2_connect_headers, h2_request_headers, h2_response_head,
@@ -29,12 +34,13 @@ from atlantic.pool.h2conn import H2Connection, H2Event
 from atlantic.pool.http11 import ConnectionLost, H1Connection, H1ResponseStream
 from atlantic.pool.plan import ConnRecord, PoolKey, PoolPlan
 from atlantic.pool.proxyurl import ProxyConfig, ProxySnapshot, ProxyURLCache, proxy_key
-from atlantic.pool.transport import SocketStream, open_transport, proxy_tls_context
+from atlantic.pool.transport import SocketStream, Transport, open_transport, proxy_tls_context
 from atlantic.pool.tunnel import WarmSet, connect_over
 
 __all__ = ["UpstreamPool"]
 
 _MAX_ATTEMPTS = 4  # stale reused connections skipped + one retry, per request
+_CLOSE_TIMEOUT_S = 2.0  # aclose: closes that take longer are cut
 
 
 class UpstreamPool:
@@ -43,7 +49,7 @@ class UpstreamPool:
     ``proxy``: a URL, a :class:`ProxyConfig` or a :class:`ProxyURLCache` (shared with
     whoever rotates it). ``mark``: SO_MARK for every socket. ``warm_tunnels``: ready
     HTTP/1.1 proxy connections kept for CONNECT (0 disables). Use as ``async with`` or
-    call :meth:`start` / :meth:`aclose`.
+    call :meth:`start` / :meth:`aclose`; a closed pool refuses new work.
     """
 
     def __init__(self, proxy: str | ProxyConfig | ProxyURLCache, *, mark: int | None = None,
@@ -67,28 +73,31 @@ class UpstreamPool:
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.early_connect_data = early_connect_data
         self.plan = PoolPlan(max_per_key=max_per_key, max_total=max_total, idle_timeout=idle_timeout)
+        self.conns = ConnectionSet(self.plan, self._close_later)
         self.stats = Counters()
         self.warm = WarmSet(warm_tunnels)
         self._tls = proxy_tls_context(ca_file) if proxy.current.upstream.kind is UpstreamKind.HTTPS else None
-        self._conns: dict[ConnRecord, H1Connection | H2Connection] = {}
         self._futs: dict[object, asyncio.Future] = {}
         self._snaps: dict[PoolKey, ProxySnapshot] = {}
         self._h1_keys: set[PoolKey] = set()  # https proxies that answered ALPN with http/1.1
-        self._tasks: set[asyncio.Task] = set()
         self._warm_wanted = asyncio.Event()
         self._last_tunnel = -1e18
-        self._started = False
+        self._closing = False
+        self._tasks = PoolTasks((
+            ("idle expiry", partial(expire_loop, self.conns, self.warm, self.proxy, clock)),
+            ("proxy URL refresh", partial(refresh_loop, self.proxy, clock, self._warm_wanted)),
+            ("warm connections", partial(warm_loop, self._warm_wanted, self.warm,
+                                         self._warm_target, self._open_warm))))
 
     # ---- life ----
     async def start(self) -> None:
         """Start the background tasks: expiry, proxy URL refresh, warm connections."""
-        self._ensure_started()
+        await self._ensure_started()
 
-    def _ensure_started(self) -> None:
-        if not self._started:
-            self._started = True
-            for loop in (expire_loop, refresh_loop, warm_loop):
-                self._spawn(loop(self))
+    async def _ensure_started(self) -> None:
+        if self._closing:
+            raise UpstreamError(f"{self.proxy.current.upstream}: the pool is closed")
+        await self._tasks.start()
 
     async def __aenter__(self) -> UpstreamPool:
         await self.start()
@@ -98,24 +107,27 @@ class UpstreamPool:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close every connection and stop the background tasks (bounded: ~2 s)."""
-        for t in list(self._tasks):
-            t.cancel()
+        """Close every connection and stop the background tasks (bounded: ~2 s).
+
+        Requests still waiting for a connection fail with ``UpstreamError``.
+        """
+        self._closing = True
+        for fut in self._futs.values():
+            if not fut.done():
+                fut.set_exception(UpstreamError(f"{self.proxy.current.upstream}: the pool is closed"))
         self.warm.close_all()
-        conns = list(self._conns.items())
-        self._conns.clear()
-        for rec, _ in conns:
-            self.plan.on_closed(rec)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2.0):
-                await asyncio.gather(*(c.aclose() if isinstance(c, H2Connection)
-                                       else c.transport.aclose(0.5) for _, c in conns),
-                                     return_exceptions=True)
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in self.conns.close_all():
+            self._close_later(conn)
+        await self._tasks.aclose(_CLOSE_TIMEOUT_S)
+
+    def _close_later(self, conn: Connection) -> None:
+        """Close ``conn`` in the pool's close group (at once if no task can run any more)."""
+        if not self._tasks.spawn_close(conn.aclose, "closing a connection"):
+            conn.transport.abort()
 
     def counters(self) -> dict:
         """Counters (requests, connections_opened, reused, h2_streams, ...) and TTFB p50/95/99."""
-        self.stats.connections_open = len(self._conns)
+        self.stats.connections_open = len(self.conns)
         return self.stats.snapshot()
 
     def __repr__(self) -> str:
@@ -125,7 +137,7 @@ class UpstreamPool:
     async def request(self, head: RequestHead,
                       body: AsyncIterator[bytes] | None) -> H1ResponseStream | H2ResponseStream:
         """Send one request; return once the response head is in (see ``api.Pool.request``)."""
-        self._ensure_started()
+        await self._ensure_started()
         snap = self.proxy.current
         self.stats.requests += 1
         retried = False
@@ -135,7 +147,7 @@ class UpstreamPool:
             if conn is None:
                 continue  # closed between placement and use
             if isinstance(conn, H1Connection) and reused and conn.is_peer_closed():
-                self._drop(rec)  # closed while idle: not a retry, nothing was sent
+                self.conns.drop(rec)  # closed while idle: not a retry, nothing was sent
                 continue
             if reused:
                 self.stats.reused += 1
@@ -171,7 +183,7 @@ class UpstreamPool:
     async def _h2_request(self, rec, conn: H2Connection, head, body, snap) -> H2ResponseStream:
         no_body = head.body_length == 0 or body is None and head.body_length is None
         stream = conn.open_stream(h2_request_headers(head, snap.proxy_authorization),
-                                  end_stream=no_body, on_close=lambda: self._stream_done(rec, conn))
+                                  end_stream=no_body, on_close=lambda: self._stream_done(rec))
         self.stats.h2_streams += 1
         try:
             if not no_body:
@@ -190,9 +202,13 @@ class UpstreamPool:
         return H2ResponseStream(h2_response_head(status, headers, head.method), stream)
 
     # ---- tunnels ----
-    async def open_tunnel(self, host: str, port: int) -> SocketStream:
-        """A tunnel to ``host:port``: CONNECT stream (h2), warm or cold CONNECT (h1), or direct."""
-        self._ensure_started()
+    async def open_tunnel(self, host: str, port: int) -> ByteStream:
+        """A tunnel to ``host:port``: CONNECT stream (h2), warm or cold CONNECT (h1), or direct.
+
+        A :class:`SocketStream` (detachable to a plain socket over plain TCP) or an HTTP/2
+        stream (``H2Stream``); see ``api.DetachableStream``.
+        """
+        await self._ensure_started()
         snap = self.proxy.current
         up = snap.upstream
         now = self.clock()
@@ -217,14 +233,13 @@ class UpstreamPool:
                             continue
                         raise RemoteProtocolError(str(e)) from None
                 # ALPN chose http/1.1: this fresh connection becomes the tunnel
-                self.plan.on_closed(rec)
-                self._conns.pop(rec, None)
+                self.conns.take(rec)
                 self.stats.tunnels_cold += 1
                 return await self._connect(conn.transport, host, port, snap)
             raise RemoteProtocolError(f"proxy {up}: no usable HTTP/2 connection for CONNECT")
         t = self.warm.take(key, now)
-        if t is None and (rec := self.plan.take_idle(key)) is not None:
-            t = self._conns.pop(rec).transport  # an idle keep-alive connection is warm too
+        if t is None and (idle := self.conns.take_idle(key)) is not None:
+            t = idle.transport  # an idle keep-alive connection is warm too
         self._warm_wanted.set()
         if t is not None:
             self.stats.tunnels_warm += 1
@@ -243,7 +258,7 @@ class UpstreamPool:
     async def _h2_tunnel(self, rec, conn: H2Connection, host, port, snap, reused):
         authority = format_authority(host, port)
         stream = conn.open_stream(h2_connect_headers(authority, snap.proxy_authorization),
-                                  end_stream=False, on_close=lambda: self._stream_done(rec, conn))
+                                  end_stream=False, on_close=lambda: self._stream_done(rec))
         self.stats.h2_streams += 1
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -296,26 +311,27 @@ class UpstreamPool:
                 raise UpstreamTimeoutError(f"{snap.upstream}: no upstream connection within "
                                            f"{self.queue_timeout + self.connect_timeout:g} s") from None
             raise
-        conn = self._conns.get(rec)
+        conn = self.conns.get(rec)
         if conn is None:
-            self.plan.release(rec, self.clock(), reusable=False)
+            self.conns.released(rec, self.clock(), reusable=False)
         return rec, conn, waiter.reused
 
     def _assign(self) -> None:
+        if self._closing:
+            return  # a closing pool places nothing: aclose failed its waiters
         now = self.clock()
         plan = self.plan.assign(now)
-        for rec in plan.to_close:
-            self._drop(rec)
+        self.conns.drop_all(plan.to_close)
         for a in plan.assigned:
             fut = self._futs.pop(a.waiter, None)
             if a.is_new:
-                self._spawn(self._open_for(a.conn, fut))
+                self._tasks.spawn(partial(self._open_for, a.conn, fut), "opening a connection")
             elif fut is None or fut.done():
-                self.plan.release(a.conn, now, reusable=True)
+                self.conns.released(a.conn, now, reusable=True)
             else:
                 fut.set_result(a.conn)
 
-    async def _open(self, key: PoolKey, snap: ProxySnapshot):
+    async def _open(self, key: PoolKey, snap: ProxySnapshot) -> Transport:
         up = snap.upstream
         if up.is_direct:
             host, _, port = key.origin.rpartition(":")
@@ -326,6 +342,20 @@ class UpstreamPool:
                                     server_hostname=up.host,
                                     timeout=self.connect_timeout, what=f"proxy {up}")
 
+    async def _open_warm(self, snap: ProxySnapshot) -> Transport:
+        return await self._open(snap.key, snap)
+
+    def _warm_target(self) -> ProxySnapshot | None:
+        """The proxy whose CONNECTs want warm connections now (an HTTP/1.1 proxy that
+        carried a tunnel within the idle timeout), or None."""
+        snap = self.proxy.current
+        if (snap.upstream.is_direct or self.warm.size == 0 or snap.key in self.plan.h2_keys
+                or self.clock() - self._last_tunnel > self.plan.idle_timeout):
+            return None
+        if snap.upstream.kind is UpstreamKind.HTTPS and snap.key not in self._h1_keys:
+            return None  # h2 proxies carry tunnels as streams; nothing to keep warm
+        return snap
+
     async def _open_for(self, rec: ConnRecord, fut: asyncio.Future | None) -> None:
         snap = self._snaps[rec.key]
         try:
@@ -334,18 +364,17 @@ class UpstreamPool:
             if t.alpn == "h2":
                 conn = H2Connection(t, name=name, clock=self.clock, on_event=lambda ev: self._h2_event(rec, ev),
                                     ping_interval=self.ping_interval, ping_timeout=self.ping_timeout)
-                self._conns[rec] = conn
+                self.conns.add(rec, conn)
                 await conn.start(self.connect_timeout)
-                self.plan.on_connected(rec, self.clock(), http2=True, max_streams=conn.max_streams)
+                self.conns.connected(rec, self.clock(), http2=True, max_streams=conn.max_streams)
             else:
                 if snap.upstream.kind is UpstreamKind.HTTPS:
                     self._h1_keys.add(rec.key)
-                self._conns[rec] = H1Connection(t, absolute_form=not snap.upstream.is_direct, name=name)
-                self.plan.on_connected(rec, self.clock(), http2=False)
+                self.conns.add(rec, H1Connection(t, absolute_form=not snap.upstream.is_direct, name=name))
+                self.conns.connected(rec, self.clock(), http2=False)
             self.stats.connections_opened += 1
         except BaseException as e:
-            self._conns.pop(rec, None)
-            self.plan.on_closed(rec)
+            self.conns.drop(rec)
             if fut is not None and not fut.done():
                 fut.set_exception(e if isinstance(e, Exception) else UpstreamError("cancelled"))
             self._assign()
@@ -353,49 +382,19 @@ class UpstreamPool:
                 raise
             return
         if fut is None or fut.done():
-            self.plan.release(rec, self.clock(), reusable=True)
+            self.conns.released(rec, self.clock(), reusable=True)
         else:
             fut.set_result(rec)
         self._assign()
 
     def _h2_event(self, rec: ConnRecord, event: H2Event) -> None:
-        conn = self._conns.get(rec)
-        if event is H2Event.SETTINGS and isinstance(conn, H2Connection):
-            self.plan.update_max_streams(rec, conn.max_streams)
-        elif event is H2Event.GOAWAY:
-            self.plan.on_goaway(rec)
-            if rec.active == 0:
-                self._drop(rec)
-        elif event is H2Event.CLOSED:
-            self._conns.pop(rec, None)
-            self.plan.on_closed(rec)
+        self.conns.h2_event(rec, event)
         self._assign()
 
-    def _stream_done(self, rec: ConnRecord, conn: H2Connection) -> None:
-        self.plan.release(rec, self.clock(), reusable=True)
-        if conn.goaway and rec.active == 0:
-            self._drop(rec)
+    def _stream_done(self, rec: ConnRecord) -> None:
+        self.conns.stream_done(rec, self.clock())
         self._assign()
 
     def _release(self, rec: ConnRecord, reusable: bool) -> None:
-        self.plan.release(rec, self.clock(), reusable=reusable)
-        if not reusable:
-            self._drop(rec)
+        self.conns.released(rec, self.clock(), reusable=reusable)
         self._assign()
-
-    def _drop(self, rec: ConnRecord) -> None:
-        """Close a connection and forget it (idempotent)."""
-        self.plan.on_closed(rec)
-        conn = self._conns.pop(rec, None)
-        if conn is None:
-            return
-        if isinstance(conn, H2Connection):
-            self._spawn(conn.aclose())
-        else:
-            self._spawn(conn.transport.aclose(0.5))
-
-    def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task

@@ -33,7 +33,8 @@ import struct
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["ByteCounters", "RelayCounters", "RelayEnd", "RelayResult", "relay", "splice_body", "abort_socket"]
+__all__ = ["ByteCounters", "RelayCounters", "RelayEnd", "RelayResult", "relay", "splice_body", "abort_socket",
+           "set_reset_on_close"]
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 # 1 MiB pipes cost ~30% less CPU per GB than 256 KiB (bench/relay_loopback.py);
@@ -77,12 +78,20 @@ class RelayResult:
     error: str | None = None  # strerror of the failure, for reset ends
 
 
-def abort_socket(sock: socket.socket) -> None:
-    """Close ``sock`` so that its peer sees an RST (SO_LINGER 0), ignoring errors."""
+def set_reset_on_close(sock: socket.socket) -> None:
+    """Make the next close of ``sock`` send an RST (SO_LINGER 0), ignoring errors.
+
+    For sockets closed by someone else (an asyncio transport, a lingering close).
+    """
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
     except OSError:
         pass
+
+
+def abort_socket(sock: socket.socket) -> None:
+    """Close ``sock`` so that its peer sees an RST (SO_LINGER 0), ignoring errors."""
+    set_reset_on_close(sock)
     sock.close()
 
 

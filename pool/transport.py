@@ -3,24 +3,25 @@
 Async adapter: the only place in the pool that creates sockets. Every socket the pool
 opens carries ``SO_MARK`` when a mark is given, so the routing policy sends it out the
 physical interface instead of back into the capture.
+
+A :class:`Transport` owns its receive buffer (an asyncio protocol of its own, not a
+StreamReader): it can say what it holds and hand it over (to splice a body, to detach
+the socket) through public calls only, with the same backpressure a StreamReader has.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import ssl
-import struct
-from dataclasses import dataclass
 
 from atlantic.pool.errors import UpstreamTimeoutError, UpstreamUnreachableError
-from atlantic.pool.splice import ByteCounters, RelayEnd, RelayResult, splice_body
+from atlantic.pool.splice import ByteCounters, RelayEnd, RelayResult, set_reset_on_close, splice_body
 
 __all__ = ["Transport", "SocketStream", "open_transport", "proxy_tls_context", "READ_LIMIT"]
 
-READ_LIMIT = 256 * 1024  # the StreamReader pauses the socket beyond ~2x this: backpressure
+READ_LIMIT = 256 * 1024  # reading pauses beyond 2x this buffered: backpressure
 
 
 def proxy_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -30,14 +31,163 @@ def proxy_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
     return ctx
 
 
-@dataclass(eq=False, slots=True)
-class Transport:
-    """A connected stream pair and what the handshake chose."""
+class _Buffered(asyncio.Protocol):
+    """What asyncio tells a connection: bytes in (kept here), EOF, loss, write pressure.
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    alpn: str | None
-    opened_at: float
+    Reading pauses while more than ``2 * limit`` bytes wait and resumes once at most
+    ``limit`` do (StreamReader's thresholds).
+    """
+
+    def __init__(self, limit: int, over_tls: bool) -> None:
+        self.limit = limit
+        self.over_tls = over_tls
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.eof = False
+        self.error: BaseException | None = None
+        self.lost = False
+        self.closed = asyncio.Event()
+        self.read_paused = False  # by us, for a full buffer
+        self.write_paused = False  # by asyncio, for a full send buffer
+        self.data_waiter: asyncio.Future[None] | None = None
+        self.drain_waiters: list[asyncio.Future[None]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+        if len(self.buffer) > 2 * self.limit and not self.read_paused:
+            self.transport.pause_reading()
+            self.read_paused = True
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return not self.over_tls  # plain TCP stays half-open: a tunnel may still send
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if exc is None:
+            self.eof = True
+        else:
+            self.error = exc
+        self._wake()
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+        self.closed.set()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for waiter in self.drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def take(self, max_bytes: int | None = None) -> bytes:
+        """Remove and return up to ``max_bytes`` (all if None) of what is buffered."""
+        buf = self.buffer
+        n = len(buf) if max_bytes is None else min(max_bytes, len(buf))
+        data = bytes(buf[:n])
+        del buf[:n]
+        if self.read_paused and len(buf) <= self.limit:
+            self.read_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def _wake(self) -> None:
+        waiter, self.data_waiter = self.data_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Transport:
+    """A connected upstream socket (plain or TLS), what the handshake chose, and when.
+
+    Also the :class:`~atlantic.pool.h2conn.ByteTransport` an HTTP/2 connection needs
+    (``read``, ``write``, ``drain``, ``abort``, ``aclose``).
+    """
+
+    __slots__ = ("alpn", "opened_at", "_tr", "_p")
+
+    def __init__(self, transport: asyncio.Transport, protocol: _Buffered, alpn: str | None,
+                 opened_at: float) -> None:
+        self._tr = transport
+        self._p = protocol
+        self.alpn = alpn
+        self.opened_at = opened_at
+
+    @property
+    def is_tls(self) -> bool:
+        """True over TLS to the proxy (the bytes on the socket are encrypted)."""
+        return self._tr.get_extra_info("ssl_object") is not None
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The connected socket as asyncio exposes it (None once gone)."""
+        return self._tr.get_extra_info("socket")
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        """Up to ``max_bytes`` received; ``b""`` at EOF; raises what broke the connection."""
+        p = self._p
+        if p.error is not None:
+            raise p.error
+        if not p.buffer and not p.eof:
+            if p.data_waiter is not None:
+                raise RuntimeError("Transport.read() called while another read is waiting")
+            if p.read_paused:  # cannot happen with an empty buffer; never wait on a paused socket
+                p.read_paused = False
+                self._tr.resume_reading()
+            p.data_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await p.data_waiter
+            finally:
+                p.data_waiter = None
+            if not p.buffer and p.error is not None:
+                raise p.error
+        return p.take(max_bytes)
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for sending (see :meth:`drain`); dropped once the connection is closing."""
+        if not self._tr.is_closing():
+            self._tr.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the send buffer is full; raises ``ConnectionError`` once the connection is lost."""
+        p = self._p
+        if p.error is not None:
+            raise p.error
+        if self._tr.is_closing():
+            await asyncio.sleep(0)  # let asyncio deliver connection_lost first
+        if p.lost:
+            raise ConnectionResetError("Connection lost")
+        if not p.write_paused:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        p.drain_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            p.drain_waiters.remove(waiter)
+
+    def can_write_eof(self) -> bool:
+        """True when a half-close is possible (not over TLS)."""
+        return self._tr.can_write_eof()
+
+    def write_eof(self) -> None:
+        """FIN after what is queued."""
+        self._tr.write_eof()
+
+    def is_closing(self) -> bool:
+        """True once closing or closed (by us, or the connection was lost)."""
+        return self._tr.is_closing()
 
     def is_peer_closed(self) -> bool:
         """True if the peer closed (EOF) or sent unsolicited bytes while we were idle.
@@ -45,58 +195,64 @@ class Transport:
         The event loop reads the socket as data comes, so an idle keep-alive connection
         the peer closed already shows EOF here; either way it must not be reused.
         """
-        r = self.reader
-        # StreamReader has no public "bytes buffered" accessor; a non-empty buffer on an
-        # idle connection (e.g. an unsolicited 408) makes it unusable too.
-        return (r.at_eof() or r.exception() is not None or bool(getattr(r, "_buffer", b""))
-                or self.writer.is_closing())
+        p = self._p
+        return p.eof or p.error is not None or bool(p.buffer) or self._tr.is_closing()
 
     def is_plain_tcp(self) -> bool:
         """True for an open connection without TLS: its bytes can be spliced."""
-        return self.writer.get_extra_info("ssl_object") is None and not self.writer.is_closing()
+        return not self.is_tls and not self._tr.is_closing()
 
     async def splice_to(self, dst: socket.socket, count: int, *, first: bytes = b"",
                         counters: ByteCounters | None = None) -> RelayResult:
         """Send ``first``, then the next ``count`` bytes received here, to ``dst`` with
-        ``os.splice`` (see :func:`~atlantic.pool.splice.splice_body`): what the
-        StreamReader already holds goes first, nothing past ``count`` is read, and the
-        connection stays usable afterwards. Plain TCP only (``is_plain_tcp``).
+        ``os.splice`` (see :func:`~atlantic.pool.splice.splice_body`): what is already
+        buffered goes first, nothing past ``count`` is read, and the connection stays
+        usable afterwards. Plain TCP only (``is_plain_tcp``).
         """
         if not self.is_plain_tcp():
             return RelayResult(RelayEnd.UPSTREAM_RESET, 0, 0, "connection closed")
-        transport, reader = self.writer.transport, self.reader
-        transport.pause_reading()
-        # StreamReader has no public "take what is buffered": take it while paused.
-        buffered = reader._buffer
-        held = bytes(buffered[:count])
-        del buffered[:len(held)]
+        tr = self._tr
+        tr.pause_reading()  # asyncio must not read the body: it goes socket to socket
+        held = self._p.take(count)
         # asyncio refuses a second registration of a transport's descriptor; a dup works.
-        src = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+        src = socket.socket(fileno=os.dup(self.socket.fileno()))
         try:
             return await splice_body(src, dst, count - len(held), counters, first=first + held)
         finally:
             src.close()  # the dup only: the connection stays open
-            reader._maybe_resume_transport()  # if its full buffer had paused the socket
-            transport.resume_reading()
+            self._p.read_paused = False  # resumed now; a full buffer pauses it again
+            tr.resume_reading()
+
+    def take_socket(self) -> tuple[socket.socket, bytes]:
+        """Take the connection out of asyncio: a new non-blocking socket object for it and
+        the bytes already received. The transport is unusable afterwards (the caller owns
+        the socket); over TLS the socket carries encrypted bytes (check ``is_tls``).
+        """
+        tr = self._tr
+        tr.pause_reading()
+        buffered = self._p.take()
+        sock = socket.socket(fileno=os.dup(self.socket.fileno()))
+        sock.setblocking(False)
+        tr.abort()  # closes asyncio's descriptor only: the dup keeps the connection
+        return sock, buffered
 
     def abort(self) -> None:
         """Close at once (RST when possible), no flushing."""
-        sock = self.writer.get_extra_info("socket")
+        sock = self.socket
         if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.writer.transport.abort()
+            set_reset_on_close(sock)
+        self._tr.abort()
 
     async def aclose(self, timeout: float = 1.0) -> None:
         """Close cleanly, bounded by ``timeout``; abort if the peer does not cooperate."""
-        if self.writer.is_closing():
-            self.writer.transport.abort()
+        if self._tr.is_closing():
+            self._tr.abort()
             return
-        self.writer.close()
+        self._tr.close()
         try:
-            await asyncio.wait_for(self.writer.wait_closed(), timeout)
-        except (TimeoutError, OSError, ssl.SSLError):
-            self.writer.transport.abort()
+            await asyncio.wait_for(self._p.closed.wait(), timeout)
+        except TimeoutError:
+            self._tr.abort()
 
 
 async def open_transport(host: str, port: int, *, now: float, mark: int | None = None,
@@ -131,8 +287,8 @@ async def open_transport(host: str, port: int, *, now: float, mark: int | None =
                 break
             else:
                 raise last or OSError(f"no address for {host}")
-            reader, writer = await asyncio.open_connection(
-                sock=sock, ssl=tls, limit=READ_LIMIT,
+            tr, protocol = await loop.create_connection(
+                lambda: _Buffered(READ_LIMIT, tls is not None), sock=sock, ssl=tls,
                 server_hostname=(server_hostname or host) if tls else None)
     except TimeoutError:
         raise UpstreamTimeoutError(f"{where}: no connection within {timeout:g} s") from None
@@ -143,16 +299,16 @@ async def open_transport(host: str, port: int, *, now: float, mark: int | None =
         raise UpstreamUnreachableError(f"{where}: cannot connect ({e.strerror or e})") from None
     alpn = None
     if tls is not None:
-        ssl_obj = writer.get_extra_info("ssl_object")
+        ssl_obj = tr.get_extra_info("ssl_object")
         alpn = ssl_obj.selected_alpn_protocol() if ssl_obj is not None else None
-    return Transport(reader, writer, alpn, now)
+    return Transport(tr, protocol, alpn, now)
 
 
 class SocketStream:
     """A :class:`~atlantic.pool.api.ByteStream` over a socket (plain or TLS to the proxy).
 
     ``first``: bytes already read past a CONNECT response head, returned by the first
-    read. ``socket`` is exposed so a relay may splice plain sockets directly.
+    read. Over plain TCP it is also a :class:`~atlantic.pool.api.DetachableStream`.
     """
 
     __slots__ = ("_t", "_first", "_on_close", "_closed")
@@ -166,9 +322,7 @@ class SocketStream:
     @property
     def socket(self) -> socket.socket | None:
         """The underlying socket (None for TLS to the proxy, where bytes are encrypted)."""
-        if self._t.writer.get_extra_info("ssl_object") is not None:
-            return None
-        return self._t.writer.get_extra_info("socket")
+        return None if self._t.is_tls else self._t.socket
 
     def detach(self) -> tuple[socket.socket, bytes] | None:
         """Take a plain socket out of asyncio so a relay can ``os.splice`` it.
@@ -177,16 +331,9 @@ class SocketStream:
         from it, or None over TLS (there the bytes must pass through Python). The
         stream is unusable afterwards; the caller owns the socket.
         """
-        if self._closed or self.socket is None:
+        if self._closed or self._t.is_tls:
             return None
-        transport = self._t.writer.transport
-        transport.pause_reading()
-        # StreamReader has no public "take what is buffered"; read it without waiting.
-        buffered = bytes(getattr(self._t.reader, "_buffer", b""))
-        raw = transport.get_extra_info("socket")
-        sock = socket.socket(fileno=os.dup(raw.fileno()))
-        sock.setblocking(False)
-        transport.abort()  # closes asyncio's descriptor only: the dup keeps the connection
+        sock, buffered = self._t.take_socket()
         self._closed = True
         if self._on_close is not None:
             self._on_close()
@@ -197,17 +344,17 @@ class SocketStream:
         if self._first:
             data, self._first = self._first[:max_bytes], self._first[max_bytes:]
             return data
-        return await self._t.reader.read(max_bytes)
+        return await self._t.read(max_bytes)
 
     async def write(self, data: bytes) -> None:
         """Send; waits while the socket's buffer is full."""
-        self._t.writer.write(data)
-        await self._t.writer.drain()
+        self._t.write(data)
+        await self._t.drain()
 
     async def write_eof(self) -> None:
         """FIN (not possible over TLS to the proxy: there the stream stays open)."""
-        if self._t.writer.can_write_eof():
-            self._t.writer.write_eof()
+        if self._t.can_write_eof():
+            self._t.write_eof()
 
     async def aclose(self, *, reset: bool = False) -> None:
         """Close both ways (``reset``: RST)."""

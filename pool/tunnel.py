@@ -36,7 +36,7 @@ async def _read_connect_response(t: Transport, *, proxy: str, target: str, timeo
         async with asyncio.timeout(timeout):
             while True:
                 try:
-                    data = await t.reader.read(65536)
+                    data = await t.read(65536)
                 except (ConnectionError, OSError):
                     data = b""
                 if not data:
@@ -62,10 +62,10 @@ async def connect_over(t: Transport, host: str, port: int, proxy_authorization: 
     """
     target = format_authority(host, port)
     try:
-        t.writer.write(connect_request(host, port, proxy_authorization))
+        t.write(connect_request(host, port, proxy_authorization))
         if early:
             return EarlyConnectStream(t, proxy=proxy, target=target, timeout=timeout)
-        await t.writer.drain()
+        await t.drain()
         leftover = await _read_connect_response(t, proxy=proxy, target=target, timeout=timeout)
     except BaseException:
         t.abort()
