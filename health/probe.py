@@ -166,7 +166,7 @@ def parse_echo(body: bytes) -> EchoResult:
         return EchoResult(None, None, f"echo answer is not JSON: {body[:40]!r}")
     if not isinstance(data, dict):
         return EchoResult(None, None, "echo answer is not a JSON object")
-    raw = data.get("ip", data.get("origin"))
+    raw = data.get("ip", data.get("origin", data.get("query")))  # ours/ipify, httpbin, ip-api
     ip = raw.split(",")[0].strip() if isinstance(raw, str) else None
     try:
         ip = str(ipaddress.ip_address(ip)) if ip else None
@@ -174,7 +174,7 @@ def parse_echo(body: bytes) -> EchoResult:
         ip = None
     if ip is None:
         return EchoResult(None, None, "echo answer has no valid ip")
-    country = data.get("country", data.get("country_code"))
+    country = data.get("country", data.get("country_code", data.get("countryCode")))
     if isinstance(country, dict):  # e.g. {"code": "DE", ...}
         country = country.get("code")
     country = country.strip().lower()[:8] if isinstance(country, str) and country.strip().isalpha() else None
