@@ -16,7 +16,7 @@ import os
 import socket
 import ssl
 
-from atlantic.pool.errors import UpstreamTimeoutError, UpstreamUnreachableError
+from atlantic.pool.errors import MarkPermissionError, UpstreamTimeoutError, UpstreamUnreachableError
 from atlantic.pool.splice import ByteCounters, RelayEnd, RelayResult, set_reset_on_close, splice_body
 
 __all__ = ["Transport", "SocketStream", "open_transport", "proxy_tls_context", "READ_LIMIT"]
@@ -255,6 +255,15 @@ class Transport:
             self._tr.abort()
 
 
+def _set_mark(sock: socket.socket, mark: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    except PermissionError:
+        sock.close()
+        raise MarkPermissionError("cannot mark the daemon's sockets (SO_MARK needs CAP_NET_ADMIN): "
+                                  "run atlantic up as root") from None
+
+
 async def open_transport(host: str, port: int, *, now: float, mark: int | None = None,
                          tls: ssl.SSLContext | None = None, server_hostname: str | None = None,
                          timeout: float = 10.0, what: str = "proxy") -> Transport:
@@ -273,7 +282,7 @@ async def open_transport(host: str, port: int, *, now: float, mark: int | None =
                 sock = socket.socket(family, type_, proto)
                 try:
                     if mark is not None:
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+                        _set_mark(sock, mark)
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     sock.setblocking(False)
                     await loop.sock_connect(sock, addr)
@@ -295,8 +304,13 @@ async def open_transport(host: str, port: int, *, now: float, mark: int | None =
     except ssl.SSLError as e:
         raise UpstreamUnreachableError(f"{where}: TLS handshake failed ({e.reason or e}): "
                                        "check the proxy's certificate and CA") from None
+    except MarkPermissionError:
+        raise
     except OSError as e:
-        raise UpstreamUnreachableError(f"{where}: cannot connect ({e.strerror or e})") from None
+        # asyncio's connect errors carry "Connect call failed (...)" as their text: say
+        # what happened (refused, unreachable, ...) from the errno instead.
+        why = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+        raise UpstreamUnreachableError(f"{where}: cannot connect ({why})") from None
     alpn = None
     if tls is not None:
         ssl_obj = tr.get_extra_info("ssl_object")

@@ -1,4 +1,5 @@
-"""Helpers for end-to-end tests that run `atlantic` in the lab's client namespace.
+"""Helpers for end-to-end tests: run `atlantic` in the lab's client namespace, and say
+what happens to a lab test that cannot run on this machine.
 
 Not a test module: the lab tests import it (pytest puts tests/ on sys.path).
 """
@@ -7,10 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
+from typing import NoReturn
+
+import pytest
 
 ATLANTIC = [sys.executable, "-m", "atlantic"]
+LAB_ENV = "ATLANTIC_LAB"  # "require": a lab test that cannot run fails instead of skipping
+
+
+def lab_required() -> bool:
+    """True under ``ATLANTIC_LAB=require`` (CI): every lab test must run."""
+    return os.environ.get(LAB_ENV, "") == "require"
+
+
+def lab_unavailable(reason: str) -> NoReturn:
+    """A lab test cannot run here (not root, a program missing, ...): skip with *reason*,
+    or fail with it under ``ATLANTIC_LAB=require``."""
+    if lab_required():
+        pytest.fail(f"{reason} ({LAB_ENV}=require: lab tests must run, not skip)", pytrace=False)
+    pytest.skip(reason)
 
 
 def ns_run(ns: str, argv: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:

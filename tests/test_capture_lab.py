@@ -20,21 +20,6 @@ pytestmark = pytest.mark.lab
 from atlantic_lab import ATLANTIC, atlantic, atlantic_up, curl, ns_run, status
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def squid_log_lines(lab) -> list[str]:
     return Path(lab.squid_access_log).read_text().splitlines()
 
@@ -101,45 +86,48 @@ def test_200_concurrent_flows_are_intact(lab):
 
 
 GARBAGE_SCRIPT = r"""
-import random, socket, sys, time
+import json, random, socket, sys, time
 from scapy.all import IP, TCP, UDP, ICMP, Raw, fragment
 dst, tun = sys.argv[1], sys.argv[2]
 rnd = random.Random(7)
-pkts = []
+whole, runts = [], []  # whole: complete IPv4 headers; runts: cut short or random bytes
 for i in range(300):
     kind = i % 7
     if kind == 0:    # ACK for a flow that does not exist
-        pkts.append(IP(dst=dst)/TCP(sport=rnd.randrange(1024, 65535), dport=80, flags="A", seq=rnd.getrandbits(32)))
+        whole.append(IP(dst=dst)/TCP(sport=rnd.randrange(1024, 65535), dport=80, flags="A", seq=rnd.getrandbits(32)))
     elif kind == 1:  # wrong TCP checksum
-        pkts.append(IP(dst=dst)/TCP(dport=80, flags="S", chksum=0xdead))
+        whole.append(IP(dst=dst)/TCP(dport=80, flags="S", chksum=0xdead))
     elif kind == 2:  # nonsense flags and random payload
-        pkts.append(IP(dst=dst)/TCP(dport=443, flags="FSRPAUEC")/Raw(bytes(rnd.getrandbits(8) for _ in range(40))))
+        whole.append(IP(dst=dst)/TCP(dport=443, flags="FSRPAUEC")/Raw(bytes(rnd.getrandbits(8) for _ in range(40))))
     elif kind == 3:  # a data offset pointing past the packet
-        pkts.append(IP(dst=dst)/TCP(dport=80, dataofs=15, flags="S"))
+        whole.append(IP(dst=dst)/TCP(dport=80, dataofs=15, flags="S"))
     elif kind == 4:  # fragments of a large UDP datagram
-        pkts.extend(fragment(IP(dst=dst)/UDP(dport=9)/Raw(b"x" * 3000), fragsize=800))
+        whole.extend(fragment(IP(dst=dst)/UDP(dport=9)/Raw(b"x" * 3000), fragsize=800))
     elif kind == 5:  # ICMP and an unknown protocol number
-        pkts.append(IP(dst=dst)/ICMP())
-        pkts.append(IP(dst=dst, proto=253)/Raw(b"garbage"))
+        whole.append(IP(dst=dst)/ICMP())
+        whole.append(IP(dst=dst, proto=253)/Raw(b"garbage"))
     else:            # truncated headers and random bytes
-        pkts.append(bytes(IP(dst=dst)/TCP(dport=80))[:rnd.randrange(1, 39)])
-        pkts.append(bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(1, 120))))
+        runts.append(bytes(IP(dst=dst)/TCP(dport=80))[:rnd.randrange(1, 39)])
+        runts.append(bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(1, 120))))
 # Write straight out of the TUN (AF_PACKET on atl0): the daemon's packet loop reads each.
 s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-sent = 0
-for p in pkts:
-    try:
-        s.sendto(bytes(p), (tun, 0x0800))
-        sent += 1
-    except OSError:
-        pass  # the kernel refuses some runts itself
-    time.sleep(0.002)
-print(sent)
+def send(pkts):
+    sent = 0
+    for p in pkts:
+        try:
+            s.sendto(bytes(p), (tun, 0x0800))
+            sent += 1
+        except OSError:
+            pass  # the kernel refuses some runts itself
+        time.sleep(0.002)
+    return sent
+print(json.dumps({"whole": len(whole), "whole_sent": send(whole), "runts": len(runts), "runts_sent": send(runts)}))
 """
 
 
 def test_garbage_packets_do_not_disturb_a_download(lab):
-    """Crafted bad packets sent into the TUN while a download runs: the download stays intact."""
+    """Crafted bad packets sent into the TUN while a download runs: every whole one reaches the
+    daemon, which drops garbage and counts it, and the download stays intact."""
     with atlantic_up(lab, lab.proxy_url):
         download = subprocess.Popen(
             ["ip", "netns", "exec", lab.client_ns, "curl", "-sS", "--noproxy", "*", "--max-time", "120",
@@ -153,6 +141,8 @@ def test_garbage_packets_do_not_disturb_a_download(lab):
             if download.poll() is None:
                 download.kill()
                 download.wait()
+        sent = json.loads(garbage.stdout)
+        assert sent["whole"] > 0 and sent["whole_sent"] == sent["whole"], sent
         assert download.returncode == 0, err
         assert hashlib.sha256(body).hexdigest() == lab.sha256_100mb
         st = status(lab)
@@ -248,6 +238,7 @@ def test_two_instances_in_two_namespaces_do_not_collide(lab):
 def test_ports_the_provider_does_not_carry_are_refused_with_the_reason(lab, tmp_path):
     """With capture.ports = [80, 443] and other_ports = reject, a flow to 8080 is reset at once; status says why."""
     cfg = tmp_path / "atlantic.toml"
+    cfg.touch(mode=0o600)  # the URL holds the proxy password
     cfg.write_text(f'[upstream]\nurl = "{lab.proxy_url}"\n[capture]\nports = [80, 443]\nother_ports = "reject"\n')
     with atlantic_up(lab, config=str(cfg)):
         refused = curl(lab, f"http://{lab.origin_ip}:8080/small", timeout=20)

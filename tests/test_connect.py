@@ -1,6 +1,6 @@
-"""CONNECT: request bytes, the sans-I/O response parser, status classification,
-and open_tunnel against small real peers on loopback (a scripted CONNECT proxy
-with basic auth, an echo server)."""
+"""CONNECT: request bytes, the sans-I/O response parser, status classification, and
+tunnels opened by the pool (``UpstreamPool.open_tunnel``) against small real peers on
+loopback (a scripted CONNECT proxy with basic auth, an echo server, a real Squid)."""
 
 import asyncio
 import base64
@@ -9,6 +9,7 @@ import socket
 import time
 
 import pytest
+from atlantic_lab import lab_unavailable
 
 from atlantic.pool.connect import (
     ConnectResponse,
@@ -19,17 +20,17 @@ from atlantic.pool.connect import (
     raise_for_status,
 )
 from atlantic.pool.errors import (
+    MarkPermissionError,
     RemoteProtocolError,
     UpstreamAuthError,
-    UpstreamNotSupportedError,
+    UpstreamError,
     UpstreamRefusedError,
     UpstreamStatusError,
     UpstreamTargetError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from atlantic.forwarder.tunnel import open_tunnel
-from atlantic.pool.upstream import DIRECT, parse_upstream
+from atlantic.pool.pool import UpstreamPool
 
 # -- request bytes
 
@@ -198,11 +199,24 @@ def test_any_2xx_opens_the_tunnel(status):
     raise_for_status(ConnectResponse(status, "", ()), proxy=PROXY, target="t:1")
 
 
-# -- open_tunnel against real loopback peers
+# -- tunnels through the pool against real loopback peers
 
 
 def run(coro, timeout=20.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def pool(url, *, timeout=5.0, mark=None):
+    """The production path for tunnels: a pool with no warm connections (each tunnel is a
+    fresh CONNECT), ``timeout`` bounding connect and handshake."""
+    return UpstreamPool(url, warm_tunnels=0, connect_timeout=timeout, mark=mark)
+
+
+def closed_port():
+    """A loopback port with nothing listening."""
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        return dead.getsockname()[1]
 
 
 async def echo_server():
@@ -269,31 +283,33 @@ class FakeProxy:
             writer.close()
 
 
-async def roundtrip(sock, data, leftover=b""):
-    loop = asyncio.get_running_loop()
-    await loop.sock_sendall(sock, data)
-    got = bytearray(leftover)
-    want = len(leftover) + len(data)
+async def roundtrip(stream, data, want=None):
+    """Write ``data`` to a tunnel stream and read until ``want`` bytes (default: as many) came back."""
+    await stream.write(data)
+    want = len(data) if want is None else want
+    got = bytearray()
     while len(got) < want:
-        chunk = await loop.sock_recv(sock, 65536)
+        chunk = await stream.read(65536)
         assert chunk
         got += chunk
     return bytes(got)
 
 
 def test_tunnel_through_proxy_with_auth():
-    """A 200 from an authenticating proxy gives a socket that reaches the target."""
+    """A 200 from an authenticating proxy gives a stream that reaches the target."""
     async def main():
         echo, eport = await echo_server()
         proxy = await FakeProxy().start()
-        up = parse_upstream(f"http://alice:hunter2@127.0.0.1:{proxy.port}")
-        tunnel = await open_tunnel(up, "127.0.0.1", eport, mark=None, timeout=5)
         try:
-            assert tunnel.target == f"127.0.0.1:{eport}" and tunnel.leftover == b""
-            assert await roundtrip(tunnel.sock, b"ping") == b"ping"
+            async with pool(f"http://alice:hunter2@127.0.0.1:{proxy.port}") as p:
+                stream = await p.open_tunnel("127.0.0.1", eport)
+                try:
+                    assert await roundtrip(stream, b"ping") == b"ping"
+                finally:
+                    await stream.aclose()
             assert proxy.requests[0].startswith(f"CONNECT 127.0.0.1:{eport} HTTP/1.1\r\n".encode())
+            assert f"Proxy-Authorization: {proxy.expected}\r\n".encode() in proxy.requests[0]
         finally:
-            tunnel.sock.close()
             echo.close()
             proxy.server.close()
     run(main())
@@ -304,13 +320,14 @@ def test_leftover_after_head_is_not_lost():
     async def main():
         echo, eport = await echo_server()
         proxy = await FakeProxy(leftover=b"EARLY").start()
-        up = parse_upstream(f"http://alice:hunter2@127.0.0.1:{proxy.port}")
-        tunnel = await open_tunnel(up, "127.0.0.1", eport, mark=None, timeout=5)
         try:
-            got = await roundtrip(tunnel.sock, b"later", tunnel.leftover)
-            assert got == b"EARLYlater"
+            async with pool(f"http://alice:hunter2@127.0.0.1:{proxy.port}") as p:
+                stream = await p.open_tunnel("127.0.0.1", eport)
+                try:
+                    assert await roundtrip(stream, b"later", want=10) == b"EARLYlater"
+                finally:
+                    await stream.aclose()
         finally:
-            tunnel.sock.close()
             echo.close()
             proxy.server.close()
     run(main())
@@ -320,13 +337,13 @@ def test_wrong_password_is_auth_error_without_the_password():
     """A 407 becomes UpstreamAuthError whose message names the proxy but not the password."""
     async def main():
         proxy = await FakeProxy().start()
-        up = parse_upstream(f"http://alice:wrongpass@127.0.0.1:{proxy.port}")
         try:
-            with pytest.raises(UpstreamAuthError) as info:
-                await open_tunnel(up, "example.com", 443, mark=None, timeout=5)
+            async with pool(f"http://alice:wrongpass@127.0.0.1:{proxy.port}") as p:
+                with pytest.raises(UpstreamAuthError) as info:
+                    await p.open_tunnel("example.com", 443)
         finally:
             proxy.server.close()
-        assert "wrongpass" not in str(info.value)
+        assert "wrongpass" not in str(info.value) and info.value.status == 407
         assert f"127.0.0.1:{proxy.port}" in str(info.value) and "example.com:443" in str(info.value)
     run(main())
 
@@ -346,10 +363,10 @@ def test_scripted_proxy_answers(answer, error):
     """Scripted 403/503/malformed/truncated answers raise the matching one-line error."""
     async def main():
         proxy = await FakeProxy(answer=answer).start()
-        up = parse_upstream(f"http://alice:hunter2@127.0.0.1:{proxy.port}")
         try:
-            with pytest.raises(error) as info:
-                await open_tunnel(up, "target.example", 443, mark=None, timeout=5)
+            async with pool(f"http://alice:hunter2@127.0.0.1:{proxy.port}") as p:
+                with pytest.raises(error) as info:
+                    await p.open_tunnel("target.example", 443)
         finally:
             proxy.server.close()
         assert "target.example:443" in str(info.value) and "\n" not in str(info.value)
@@ -360,33 +377,30 @@ def test_scripted_proxy_answers(answer, error):
 def test_proxy_cannot_reach_target_is_target_error():
     """The proxy's own 502 (target port closed) is UpstreamTargetError."""
     async def main():
-        dead = socket.socket()
-        dead.bind(("127.0.0.1", 0))
-        port = dead.getsockname()[1]
-        dead.close()
+        port = closed_port()
         proxy = await FakeProxy().start()
-        up = parse_upstream(f"http://alice:hunter2@127.0.0.1:{proxy.port}")
         try:
-            with pytest.raises(UpstreamTargetError):
-                await open_tunnel(up, "127.0.0.1", port, mark=None, timeout=5)
+            async with pool(f"http://alice:hunter2@127.0.0.1:{proxy.port}") as p:
+                with pytest.raises(UpstreamTargetError) as info:
+                    await p.open_tunnel("127.0.0.1", port)
         finally:
             proxy.server.close()
+        assert info.value.status == 502 and f"127.0.0.1:{port}" in str(info.value)
     run(main())
 
 
-def test_dead_proxy_port_fails_fast():
-    """A closed proxy port raises UpstreamUnreachableError at once, not after the timeout."""
+def test_dead_proxy_port_is_refused_not_timed_out():
+    """A closed proxy port raises UpstreamUnreachableError saying the connection was refused
+    (not UpstreamTimeoutError: the refusal is reported as such, not waited out)."""
     async def main():
-        dead = socket.socket()
-        dead.bind(("127.0.0.1", 0))
-        port = dead.getsockname()[1]
-        dead.close()
-        up = parse_upstream(f"http://u:p@127.0.0.1:{port}")
-        start = time.monotonic()
-        with pytest.raises(UpstreamUnreachableError) as info:
-            await open_tunnel(up, "example.com", 443, mark=None, timeout=10)
-        assert time.monotonic() - start < 5  # refused, not timed out
-        assert f"127.0.0.1:{port}" in str(info.value) and "refused" in str(info.value).lower()
+        port = closed_port()
+        async with pool(f"http://u:p@127.0.0.1:{port}", timeout=10) as p:
+            with pytest.raises(UpstreamUnreachableError) as info:
+                await p.open_tunnel("example.com", 443)
+        assert not isinstance(info.value, UpstreamTimeoutError)
+        assert isinstance(info.value.__context__, ConnectionRefusedError)
+        message = str(info.value)
+        assert f"127.0.0.1:{port}" in message and "Connection refused" in message and "\n" not in message
     run(main())
 
 
@@ -394,46 +408,38 @@ def test_silent_proxy_times_out():
     """A proxy that accepts but never answers raises UpstreamTimeoutError after the timeout."""
     async def main():
         proxy = await FakeProxy(answer=b"silence").start()
-        up = parse_upstream(f"http://alice:hunter2@127.0.0.1:{proxy.port}")
         try:
-            with pytest.raises(UpstreamTimeoutError, match="did not answer CONNECT"):
-                await open_tunnel(up, "example.com", 443, mark=None, timeout=0.3)
+            async with pool(f"http://alice:hunter2@127.0.0.1:{proxy.port}", timeout=0.3) as p:
+                with pytest.raises(UpstreamTimeoutError, match="did not answer CONNECT example.com:443"):
+                    await p.open_tunnel("example.com", 443)
         finally:
             proxy.server.close()
     run(main())
 
 
 def test_unresolvable_proxy_host():
-    """A proxy host name that does not resolve is UpstreamUnreachableError."""
+    """A proxy host name that does not resolve is UpstreamUnreachableError naming it."""
     async def main():
-        up = parse_upstream("http://u:p@no-such-host.invalid:3128")
-        with pytest.raises(UpstreamUnreachableError, match="no-such-host.invalid"):
-            await open_tunnel(up, "example.com", 443, mark=None, timeout=5)
+        async with pool("http://u:p@no-such-host.invalid:3128") as p:
+            with pytest.raises(UpstreamUnreachableError, match="no-such-host.invalid") as info:
+                await p.open_tunnel("example.com", 443)
+        assert "\n" not in str(info.value)
     run(main())
 
 
-def test_https_proxy_not_supported_yet():
-    """https:// upstreams parse but are refused at tunnel time with a clear message."""
-    async def main():
-        up = parse_upstream("https://u:secret@127.0.0.1:8443")
-        with pytest.raises(UpstreamNotSupportedError, match="not supported yet") as info:
-            await open_tunnel(up, "example.com", 443, mark=None, timeout=1)
-        assert "secret" not in str(info.value)
-    run(main())
-
-
-@pytest.mark.parametrize("mark, expected", [(None, 0), (0, 0), (0x2A7, 0x2A7)])
+@pytest.mark.parametrize("mark, expected", [(None, 0), (0x2A7, 0x2A7)])
 def test_direct_tunnel_and_mark(mark, expected):
-    """Direct mode connects to the target itself; SO_MARK is set only for a non-zero mark."""
+    """Direct mode connects to the target itself; its socket carries the pool's mark, if any."""
     async def main():
         echo, eport = await echo_server()
         try:
-            tunnel = await open_tunnel(DIRECT, "127.0.0.1", eport, mark=mark, timeout=5)
-            try:
-                assert tunnel.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == expected
-                assert await roundtrip(tunnel.sock, b"hi") == b"hi"
-            finally:
-                tunnel.sock.close()
+            async with pool("direct", mark=mark) as p:
+                stream = await p.open_tunnel("127.0.0.1", eport)
+                try:
+                    assert stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == expected
+                    assert await roundtrip(stream, b"hi") == b"hi"
+                finally:
+                    await stream.aclose()
         finally:
             echo.close()
     run(main())
@@ -444,12 +450,14 @@ def test_proxy_socket_is_marked():
     async def main():
         echo, eport = await echo_server()
         proxy = await FakeProxy().start()
-        up = parse_upstream(f"http://alice:hunter2@127.0.0.1:{proxy.port}")
-        tunnel = await open_tunnel(up, "127.0.0.1", eport, mark=0x77, timeout=5)
         try:
-            assert tunnel.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x77
+            async with pool(f"http://alice:hunter2@127.0.0.1:{proxy.port}", mark=0x77) as p:
+                stream = await p.open_tunnel("127.0.0.1", eport)
+                try:
+                    assert stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x77
+                finally:
+                    await stream.aclose()
         finally:
-            tunnel.sock.close()
             echo.close()
             proxy.server.close()
     run(main())
@@ -458,31 +466,41 @@ def test_proxy_socket_is_marked():
 def test_direct_dead_target():
     """Direct mode to a closed port raises UpstreamUnreachableError naming the target."""
     async def main():
-        dead = socket.socket()
-        dead.bind(("127.0.0.1", 0))
-        port = dead.getsockname()[1]
-        dead.close()
-        with pytest.raises(UpstreamUnreachableError, match=f"127.0.0.1:{port}"):
-            await open_tunnel(DIRECT, "127.0.0.1", port, mark=None, timeout=5)
+        port = closed_port()
+        async with pool("direct") as p:
+            with pytest.raises(UpstreamUnreachableError, match=f"127.0.0.1:{port}"):
+                await p.open_tunnel("127.0.0.1", port)
     run(main())
 
 
-# -- a real Squid on loopback (optional: skipped when squid is not installed)
+# -- a real Squid on loopback (lab_local: needs root, squid and htpasswd)
 
 SQUID = "/usr/sbin/squid"
 NCSA = "/usr/lib/squid/basic_ncsa_auth"
 
 
+def _tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path) as f:
+            return " | ".join(f.read().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 @pytest.fixture(scope="module")
 def squid_port():
-    """A private Squid with basic auth on a loopback port; killed by PID afterwards."""
+    """A private Squid with basic auth on a loopback port; killed by PID afterwards.
+
+    Missing programs skip (or fail under ATLANTIC_LAB=require); a Squid that does not
+    start is a failure.
+    """
     import pwd
     import shutil
     import subprocess
     import tempfile
 
     if not (os.path.exists(SQUID) and os.path.exists(NCSA) and shutil.which("htpasswd")):
-        pytest.skip("squid or htpasswd not installed")
+        lab_unavailable("needs squid and htpasswd")
     workdir = tempfile.mkdtemp(prefix="atlt-fwd-squid-")
     proc = None
     try:
@@ -520,14 +538,16 @@ http_access deny all
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:  # bounded wait for the port
             if proc.poll() is not None:
-                pytest.skip(f"squid exited with {proc.returncode}")
+                pytest.fail(f"squid exited with {proc.returncode}: {_tail(f'{workdir}/cache.log')}",
+                            pytrace=False)
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
                 time.sleep(0.1)
         else:
-            pytest.skip("squid did not start listening within 15 s")
+            pytest.fail(f"squid did not start listening within 15 s: {_tail(f'{workdir}/cache.log')}",
+                        pytrace=False)
         yield port
     finally:
         if proc is not None and proc.poll() is None:
@@ -536,22 +556,25 @@ http_access deny all
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.mark.lab_local
 def test_squid_tunnel_ok(squid_port):
-    """Through a real Squid with basic auth, CONNECT opens a working tunnel."""
+    """Through a real Squid with basic auth, CONNECT opens a working tunnel (marked socket)."""
     async def main():
         echo, eport = await echo_server()
-        up = parse_upstream(f"http://alice:hunter2@127.0.0.1:{squid_port}")
         try:
-            tunnel = await open_tunnel(up, "127.0.0.1", eport, mark=0x11, timeout=10)
-            try:
-                assert await roundtrip(tunnel.sock, b"via squid", tunnel.leftover) == b"via squid"
-            finally:
-                tunnel.sock.close()
+            async with pool(f"http://alice:hunter2@127.0.0.1:{squid_port}", timeout=10, mark=0x11) as p:
+                stream = await p.open_tunnel("127.0.0.1", eport)
+                try:
+                    assert stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x11
+                    assert await roundtrip(stream, b"via squid") == b"via squid"
+                finally:
+                    await stream.aclose()
         finally:
             echo.close()
     run(main())
 
 
+@pytest.mark.lab_local
 @pytest.mark.parametrize(
     "creds, target_port, error",
     [("alice:wrong", 443, UpstreamAuthError), ("alice:hunter2", 9, UpstreamRefusedError),
@@ -560,18 +583,15 @@ def test_squid_tunnel_ok(squid_port):
 def test_squid_failures(squid_port, creds, target_port, error):
     """Real Squid answers map to auth (407), refused (403) and target (503) errors."""
     async def main():
-        port = target_port
-        if port == "dead":
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-        up = parse_upstream(f"http://{creds}@127.0.0.1:{squid_port}")
-        with pytest.raises(error) as info:
-            await open_tunnel(up, "127.0.0.1", port, mark=None, timeout=10)
+        port = closed_port() if target_port == "dead" else target_port
+        async with pool(f"http://{creds}@127.0.0.1:{squid_port}", timeout=10) as p:
+            with pytest.raises(error) as info:
+                await p.open_tunnel("127.0.0.1", port)
         assert "hunter2" not in str(info.value) and "wrong" not in str(info.value)
     run(main())
 
 
+@pytest.mark.lab_local
 def test_squid_tunnel_relayed_end_to_end(squid_port):
     """app <-> relay <-> Squid tunnel <-> echo: 4 MiB round trip intact, then a clean close."""
     from atlantic.pool.splice import RelayEnd, relay
@@ -579,30 +599,31 @@ def test_squid_tunnel_relayed_end_to_end(squid_port):
     async def main():
         loop = asyncio.get_running_loop()
         echo, eport = await echo_server()
-        up = parse_upstream(f"http://alice:hunter2@127.0.0.1:{squid_port}")
         with socket.create_server(("127.0.0.1", 0)) as listener:
             app_peer = socket.create_connection(listener.getsockname())
             app, _ = listener.accept()
         app_peer.setblocking(False)
         try:
-            tunnel = await open_tunnel(up, "127.0.0.1", eport, mark=None, timeout=10)
-            task = asyncio.create_task(relay(app, tunnel, idle_timeout=30))
-            data = os.urandom(4 << 20)
+            async with pool(f"http://alice:hunter2@127.0.0.1:{squid_port}", timeout=10) as p:
+                stream = await p.open_tunnel("127.0.0.1", eport)
+                upstream, leftover = stream.detach()  # a plain socket: spliced, as the dispatcher does
+                task = asyncio.create_task(relay(app, upstream, idle_timeout=30, to_app=leftover))
+                data = os.urandom(4 << 20)
 
-            async def receive(n):
-                got = bytearray()
-                while len(got) < n and (chunk := await loop.sock_recv(app_peer, 1 << 18)):
-                    got += chunk
-                return bytes(got)
+                async def receive(n):
+                    got = bytearray()
+                    while len(got) < n and (chunk := await loop.sock_recv(app_peer, 1 << 18)):
+                        got += chunk
+                    return bytes(got)
 
-            # Squid 5.7 tears the whole tunnel down on a client half-close, losing
-            # bytes still in flight back: so read everything before sending the FIN.
-            _, got = await asyncio.gather(loop.sock_sendall(app_peer, data), receive(len(data)))
-            assert len(got) == len(data) and got == data
-            app_peer.shutdown(socket.SHUT_WR)
-            assert await receive(1) == b""
-            result = await task
-            assert result.end is RelayEnd.CLOSED and result.bytes_up == len(data)
+                # Squid 5.7 tears the whole tunnel down on a client half-close, losing
+                # bytes still in flight back: so read everything before sending the FIN.
+                _, got = await asyncio.gather(loop.sock_sendall(app_peer, data), receive(len(data)))
+                assert len(got) == len(data) and got == data
+                app_peer.shutdown(socket.SHUT_WR)
+                assert await receive(1) == b""
+                result = await task
+                assert result.end is RelayEnd.CLOSED and result.bytes_up == len(data)
         finally:
             app_peer.close()
             echo.close()
@@ -610,9 +631,7 @@ def test_squid_tunnel_relayed_end_to_end(squid_port):
 
 
 def test_mark_without_cap_net_admin(monkeypatch):
-    """Without CAP_NET_ADMIN, setting the mark fails with one clear line (an UpstreamError)."""
-    from atlantic.pool.errors import MarkPermissionError, UpstreamError
-
+    """Without CAP_NET_ADMIN, setting the mark fails the tunnel with one line saying what to do."""
     real = socket.socket.setsockopt
 
     def setsockopt(self, level, opt, value):
@@ -623,7 +642,9 @@ def test_mark_without_cap_net_admin(monkeypatch):
     monkeypatch.setattr(socket.socket, "setsockopt", setsockopt)
 
     async def main():
-        with pytest.raises(MarkPermissionError, match="CAP_NET_ADMIN") as info:
-            await open_tunnel(DIRECT, "127.0.0.1", 9, mark=1, timeout=5)
-        assert isinstance(info.value, UpstreamError) and isinstance(info.value, PermissionError)
+        async with pool("direct", mark=1) as p:
+            with pytest.raises(MarkPermissionError, match="CAP_NET_ADMIN") as info:
+                await p.open_tunnel("127.0.0.1", 9)
+        assert isinstance(info.value, UpstreamError)
+        assert "run atlantic up as root" in str(info.value) and "\n" not in str(info.value)
     run(main())

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from atlantic_lab import lab_unavailable
 from scapy.layers.dns import DNS, DNSQR
 
 from atlantic.dns import message as dns
@@ -66,11 +67,8 @@ def test_lab_dns_server_zone_answers():
 
 # ---- Squid + lab DNS server in a throwaway namespace ------------------------------------
 
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespace)"
-    missing = [t for t in ("ip", "squid", "htpasswd") if shutil.which(t) is None]
-    return f"needs {', '.join(missing)}" if missing else None
+def _missing_tools() -> list[str]:
+    return [t for t in ("ip", "squid", "htpasswd") if shutil.which(t) is None]
 
 
 def _ns(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -108,9 +106,12 @@ def _stop(pid: int, sig: int = signal.SIGTERM) -> None:
 
 @pytest.fixture
 def squid_ns():
-    """Namespace with Squid (lab template) on SQUID_IP:3128 and the lab DNS server on DNS_IP:53."""
-    if reason := _skip_reason():
-        pytest.skip(reason)
+    """Namespace with Squid (lab template) on SQUID_IP:3128 and the lab DNS server on DNS_IP:53.
+
+    Squid or the DNS server not starting is a failure, never a skip.
+    """
+    if missing := _missing_tools():
+        lab_unavailable(f"needs {', '.join(missing)}")
     d = Path(tempfile.mkdtemp(prefix="atlt-dns-"))
     os.chmod(d, 0o755)  # Squid runs as `proxy` and must reach its dir
     pids: list[tuple[int, int]] = []
@@ -180,6 +181,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.lab_local  # root: its own namespace and Squid
 def test_mx_forwarded_through_squid_connect_to_the_resolver_only(squid_ns):
     """MX goes through Squid CONNECT to the resolver (by address or by a name only Squid
     resolves); CONNECT to port 53 of any other address is refused, giving SERVFAIL."""

@@ -4,29 +4,29 @@ Two namespaces joined by a veth pair: the client (kill switch, routing, a runnin
 SystemStack with IPv6 capture) and its "physical" peer, where an AF_PACKET socket
 records every frame the client puts on the wire. Unmarked TCP, UDP 443, DNS, IPv6
 and ping must leave no trace there; a marked connection to the upstream must (the
-capture's positive control). The helpers are shared with test_killswitch.py.
+capture's positive control). Frames are judged by :mod:`atlantic.health.leaks`. The
+helpers are shared with test_killswitch.py.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 import struct
 import subprocess
 import time
 from contextlib import contextmanager
-
-from atlantic.lab.throwaway import inside
 from dataclasses import dataclass
 
 import pytest
 
-from atlantic.system import killswitch, routing
+from atlantic.health.leaks import classify
 from atlantic.interceptor.policy import DROP, default_policy
 from atlantic.interceptor.stack import SystemStack
+from atlantic.lab.throwaway import inside
+from atlantic.system import killswitch, routing
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces, nftables and TUN")
+pytestmark = pytest.mark.lab_local  # root: namespaces, nftables and TUN
 
 SO_MARK = 36
 IPV6_FREEBIND = 78
@@ -102,35 +102,6 @@ class Capture:
         self.sock.close()
 
 
-def is_link_control(frame: bytes) -> bool:
-    """ARP, IPv6 neighbour discovery, and link-local multicast from the unspecified
-    address (MLD reports the kernel sends while an interface comes up): link plumbing
-    that carries no address of ours, not a leak."""
-    ethertype = struct.unpack_from("!H", frame, 12)[0]
-    if ethertype == 0x0806:
-        return True
-    if ethertype != 0x86DD:
-        return False
-    unspecified_to_link_multicast = frame[14 + 8:14 + 24] == bytes(16) and frame[14 + 24:14 + 26] == b"\xff\x02"
-    return unspecified_to_link_multicast or (frame[14 + 6] == 58 and 133 <= frame[14 + 40] <= 136)
-
-
-def describe(frame: bytes) -> str:
-    """One line per frame for an assertion message."""
-    ethertype = struct.unpack_from("!H", frame, 12)[0]
-    ip = frame[14:]
-    if ethertype == 0x0800:
-        return f"IPv4 proto {ip[9]} {socket.inet_ntop(socket.AF_INET, ip[12:16])} -> {socket.inet_ntop(socket.AF_INET, ip[16:20])}"
-    if ethertype == 0x86DD:
-        return f"IPv6 nh {ip[6]} {socket.inet_ntop(socket.AF_INET6, ip[8:24])} -> {socket.inet_ntop(socket.AF_INET6, ip[24:40])}"
-    return f"ethertype {ethertype:#06x}"
-
-
-def leaks(frames: list[bytes]) -> list[str]:
-    """Descriptions of every frame that is not link control."""
-    return [describe(f) for f in frames if not is_link_control(f)]
-
-
 def tcp_connect(addr: tuple, *, mark: int | None = None, timeout: float = 3.0) -> socket.socket:
     """A connected TCP socket (raises OSError on refusal, rejection or timeout)."""
     fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
@@ -146,14 +117,11 @@ def tcp_connect(addr: tuple, *, mark: int | None = None, timeout: float = 3.0) -
     return s
 
 
-def tcp_fails_fast(addr: tuple, limit: float = 1.0) -> float:
-    """Seconds until a connect to *addr* failed; asserts it failed within *limit*."""
-    t0 = time.monotonic()
-    with pytest.raises(OSError):
-        tcp_connect(addr, timeout=limit + 1.0).close()
-    took = time.monotonic() - t0
-    assert took < limit, f"connect to {addr} took {took:.3f} s to fail"
-    return took
+def tcp_refused(addr: tuple) -> None:
+    """A connect to *addr* is rejected (ECONNREFUSED from a TCP reset), not dropped:
+    a drop would end in the bounded timeout instead."""
+    with pytest.raises(ConnectionRefusedError):
+        tcp_connect(addr, timeout=5.0).close()
 
 
 def udp_send(addr: tuple, payload: bytes = b"probe") -> socket.socket:
@@ -213,7 +181,7 @@ def wait_for(predicate, timeout: float = 2.0) -> bool:
 
 
 def test_nothing_unmarked_leaves_and_quic_is_refused_at_once():
-    """TCP, UDP 443, DNS, IPv6, ping of an app leave no frame on the wire; QUIC fails with ECONNREFUSED in ms."""
+    """TCP, UDP 443, DNS, IPv6, ping of an app leave no frame on the wire; QUIC is refused (ECONNREFUSED)."""
     dns_seen = []
 
     def dns(packet, info):
@@ -247,17 +215,15 @@ def test_nothing_unmarked_leaves_and_quic_is_refused_at_once():
                     assert stack.lookup(peer[1])[1] == dst
                     conn.close()
                     c.close()
-                # On-link destinations stay in main and meet the kill switch: rejected at once.
-                tcp_fails_fast(UPSTREAM)
-                tcp_fails_fast((PEER6, 3128))
+                # On-link destinations stay in main and meet the kill switch: rejected, not dropped.
+                tcp_refused(UPSTREAM)
+                tcp_refused((PEER6, 3128))
                 # QUIC: ICMP / ICMPv6 port unreachable written back by the stack.
                 for dst in (("203.0.113.5", 443), ("2001:db8:1::7", 443)):
-                    t0 = time.monotonic()
                     s = udp_send(dst)
-                    s.settimeout(2.0)
+                    s.settimeout(5.0)  # bounded: a drop would time out instead
                     with pytest.raises(ConnectionRefusedError):
                         s.recv(100)
-                    print(f"QUIC to {dst[0]} refused {1000 * (time.monotonic() - t0):.2f} ms after the send")
                     s.close()
                 udp_send((PEER4, 53)).close()  # a LAN resolver: DNS goes to the TUN anyway
                 udp_send((PEER4, 9999)).close()  # on-link UDP: the kill switch
@@ -269,12 +235,12 @@ def test_nothing_unmarked_leaves_and_quic_is_refused_at_once():
                 assert dns_seen == [(socket.inet_aton(PEER4), 53)]
                 counts = stack.counters()
                 assert counts["policy_quic_rejected"] == 2 and counts["policy_udp_dropped"] >= 1
-                assert leaks(cap.frames()) == []
+                assert classify(cap.frames()).descriptions() == ()
                 assert killswitch.counters()["blocked_packets"] >= 4
 
                 # Positive control: the daemon's marked socket to the upstream does reach the wire.
                 tcp_connect(UPSTREAM, mark=MARK).close()
-                assert any("10.200.0.1 -> 10.200.0.2" in d for d in leaks(cap.frames()))
+                assert any("10.200.0.1 -> 10.200.0.2" in d for d in classify(cap.frames()).descriptions())
             finally:
                 if cap is not None:
                     cap.close()

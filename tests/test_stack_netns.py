@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import random
 import socket
 import struct
@@ -25,7 +24,7 @@ from scapy.all import ICMP, IP, TCP, UDP, IPOption_NOP, raw
 from atlantic.interceptor.policy import reject_quic
 from atlantic.interceptor.stack import SystemStack
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and TUN")
+pytestmark = pytest.mark.lab_local  # root: namespaces and TUN
 
 DEST = ("10.123.0.9", 80)
 LISTEN = ("198.18.0.1", 7890)
