@@ -7,6 +7,25 @@ tunnel can ``CONNECT sni:port``; anything else (and silence: server-first protoc
 such as SMTP or SSH) is tunnelled to the original destination. :func:`sniff` is the
 thin async adapter that reads with a deadline. The bytes read are never lost: they
 travel on in ``Sniffed.data``.
+
+How long silence lasts before a flow is called server-first is a policy
+(:class:`SniffPolicy`, pure): on ports whose protocols are client-first by definition
+(HTTP and implicit-TLS ports: 80, 443, 8080, ...) the application always speaks first,
+so silence there only means it is slow (a burst of new connections, a busy machine, or
+this very loop, which also carries the application's packets through the NAT); they
+wait :attr:`SniffPolicy.client_first_s` (30 s) rather than 0.3 s, so an HTTP request
+is never misread as a server-first protocol and sent down a tunnel of its own. Other
+ports keep the short wait, so an SSH or SMTP greeting is not held back.
+
+The adapter never loses a byte and never misreads bytes that already arrived:
+
+- it waits for readability and then reads without blocking, rather than cancelling a
+  pending ``loop.sock_recv`` at the deadline (a read that completed in the same loop
+  iteration as the deadline would be dropped with the cancellation: the request was
+  gone, the tunnel carried nothing, and the origin closed it after its own header
+  timeout, ~60 s later, with no response);
+- at the deadline it reads once more without blocking, so bytes that are already in
+  the kernel decide even when the loop ran late.
 """
 
 from __future__ import annotations
@@ -18,9 +37,13 @@ import socket
 from dataclasses import dataclass
 
 __all__ = [
+    "CLIENT_FIRST_PORTS",
+    "CLIENT_FIRST_TIMEOUT_S",
+    "DEFAULT_POLICY",
     "MAX_SNIFF_BYTES",
     "SNIFF_TIMEOUT_S",
     "FlowKind",
+    "SniffPolicy",
     "Sniffed",
     "classify",
     "final_verdict",
@@ -28,7 +51,17 @@ __all__ = [
     "sniff",
 ]
 
+# Silence on a port of unknown protocol: after this long, a server-first protocol
+# (SSH, SMTP, FTP...) is waiting for its greeting, so the tunnel opens.
 SNIFF_TIMEOUT_S = 0.3
+# Silence on a client-first port only means the application (or this loop) is slow.
+# Bounded like a server's wait for a request head (nginx's client_header_timeout is
+# 60 s): a connection still silent after this is tunnelled as it is.
+CLIENT_FIRST_TIMEOUT_S = 30.0
+# Ports whose protocols are client-first by definition: HTTP (80 and its usual
+# alternates) and implicit TLS, where the ClientHello comes first (HTTPS, SMTPS 465,
+# LDAPS 636, DNS over TLS 853, IMAPS 993, POP3S 995, HTTPS alternate 8443).
+CLIENT_FIRST_PORTS = frozenset({80, 443, 465, 636, 853, 993, 995, 8000, 8008, 8080, 8443, 8888})
 # A ClientHello is one handshake message of at most 2^24 bytes in theory; real ones are
 # under 2 KiB (4-8 KiB with post-quantum key shares). Past this bound we stop waiting.
 MAX_SNIFF_BYTES = 32 * 1024
@@ -46,6 +79,26 @@ class FlowKind(enum.Enum):
     HTTP = "http"  # HTTP/1.x request line: the request relay
     TLS = "tls"  # TLS ClientHello: tunnel to the SNI (or the destination without one)
     OTHER = "other"  # anything else, or nothing at all: tunnel to the destination
+
+
+@dataclass(frozen=True, slots=True)
+class SniffPolicy:
+    """How long a flow's first bytes are waited for before it counts as server-first."""
+
+    client_first_ports: frozenset[int] = CLIENT_FIRST_PORTS
+    client_first_s: float = CLIENT_FIRST_TIMEOUT_S
+    other_s: float = SNIFF_TIMEOUT_S
+
+    def is_client_first(self, port: int | None) -> bool:
+        """True when the protocol on ``port`` always speaks first (None: port unknown)."""
+        return port is not None and port in self.client_first_ports
+
+    def timeout_for(self, port: int | None) -> float:
+        """Seconds of waiting for the first bytes of a flow to ``port`` before the verdict."""
+        return self.client_first_s if self.is_client_first(port) else self.other_s
+
+
+DEFAULT_POLICY = SniffPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,26 +265,65 @@ def _skip(buf: bytes, p: int, n: int) -> int:
     return end
 
 
-async def sniff(sock: socket.socket, timeout: float = SNIFF_TIMEOUT_S) -> Sniffed:
-    """Read the application's first bytes from non-blocking ``sock`` until they decide.
+async def sniff(sock: socket.socket, timeout: float | None = None, *, port: int | None = None,
+                policy: SniffPolicy = DEFAULT_POLICY) -> Sniffed:
+    """Read the application's first bytes from ``sock`` until they decide.
 
-    Waits at most ``timeout`` seconds in total; silence (a server-first protocol) or EOF
-    yields ``OTHER`` with whatever was read. Socket errors propagate (the flow is dead).
+    ``port`` is the flow's original destination port: ``policy`` says how long to wait
+    for it (``timeout`` overrides). Waits at most that long in total; silence (a
+    server-first protocol) or EOF yields ``OTHER`` with whatever was read. Every byte
+    read is in the verdict's data, also when the loop ran late or the task is cancelled
+    (unread bytes stay in the kernel). Socket errors propagate (the flow is dead).
     """
     loop = asyncio.get_running_loop()
+    deadline = loop.time() + (policy.timeout_for(port) if timeout is None else timeout)
     data = b""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                chunk = await loop.sock_recv(sock, MAX_SNIFF_BYTES - len(data))
-                if not chunk:
-                    break
-                data = data + chunk if data else chunk
-                verdict = classify(data)
-                if verdict is not None:
-                    return verdict
-                if len(data) >= MAX_SNIFF_BYTES:
-                    break
-    except TimeoutError:
-        pass
+    while len(data) < MAX_SNIFF_BYTES:
+        chunk = _recv_nowait(sock, MAX_SNIFF_BYTES - len(data))
+        if chunk is None:
+            if await _wait_readable(loop, sock, deadline):
+                continue
+            # the deadline: one last read, for bytes the loop was too busy to see
+            chunk = _recv_nowait(sock, MAX_SNIFF_BYTES - len(data))
+            if chunk is None:
+                break
+        if not chunk:
+            break  # EOF
+        data = data + chunk if data else chunk
+        verdict = classify(data)
+        if verdict is not None:
+            return verdict
     return final_verdict(data)
+
+
+def _recv_nowait(sock: socket.socket, size: int) -> bytes | None:
+    """What the kernel holds for ``sock`` now (b"" at EOF), or None if nothing yet."""
+    try:
+        return sock.recv(size, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None
+
+
+async def _wait_readable(loop: asyncio.AbstractEventLoop, sock: socket.socket, deadline: float) -> bool:
+    """Wait until ``sock`` is readable (True) or ``deadline`` in loop time passes (False).
+
+    Only readiness is awaited, no bytes are taken: a cancellation or a deadline that
+    fires in the same loop iteration as the data can never drop a read.
+    """
+    delay = deadline - loop.time()
+    if delay <= 0:
+        return False
+    ready = loop.create_future()
+
+    def settle(value: bool) -> None:
+        if not ready.done():
+            ready.set_result(value)
+
+    fd = sock.fileno()
+    loop.add_reader(fd, settle, True)
+    timer = loop.call_later(delay, settle, False)
+    try:
+        return await ready
+    finally:
+        timer.cancel()
+        loop.remove_reader(fd)

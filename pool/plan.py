@@ -148,10 +148,15 @@ class PoolPlan:
         assigned: list[Assignment] = []
         to_close: list[ConnRecord] = []
         still: deque[Waiter] = deque()
+        # A key that found no room stays without room for the rest of this pass (placing
+        # other waiters only uses room up): its later waiters skip the scan of every
+        # connection, so a queue of 1,000 costs one scan per key, not one per waiter.
+        blocked: set[PoolKey] = set()
         while self.waiting:
             w = self.waiting.popleft()
-            a = self._place(w, now, to_close)
+            a = None if w.key in blocked else self._place(w, now, to_close)
             if a is None:
+                blocked.add(w.key)
                 still.append(w)
             else:
                 assigned.append(a)

@@ -183,3 +183,17 @@ def test_keepalive_pings_after_silence_and_declares_dead_without_ack():
     assert k.due(30).kind is PingKind.DEAD
     k.on_activity(25)
     assert k.due(30).kind is PingKind.WAIT
+
+
+def test_a_long_queue_for_a_full_key_is_placed_in_order_without_a_scan_each():
+    """1,000 waiters on a key at its limit: the pass keeps them all queued in order, and the
+    next release places exactly the oldest one."""
+    plan = PoolPlan(max_per_key=2)
+    conns = [_open(plan, A, 0.0), _open(plan, A, 0.0)]
+    waiters = [plan.enqueue(A, 1.0) for _ in range(1000)]
+    assert plan.assign(1.0).assigned == ()
+    assert list(plan.waiting) == waiters
+    plan.release(conns[0], 2.0, reusable=True)
+    (a,) = plan.assign(2.0).assigned
+    assert a.waiter is waiters[0] and a.conn is conns[0]
+    assert len(plan.waiting) == 999
