@@ -8,15 +8,16 @@ import time
 
 import typer
 
-from atlantic.lab.lab import LabError, current, down, up
+from atlantic.lab.lab import PROXY_ACTIONS, LabError, current, down, proxy_control, up
 from atlantic.lab.procs import ns_exec_argv
-from atlantic.lab.topology import ROLES, render_exports
+from atlantic.lab.topology import ALL_ROLES, render_exports
 
 lab_app = typer.Typer(
     name="lab",
     help="Network-namespace lab: client, router (adds delay), proxy (Squid + nghttpx), "
-         "origin (nginx). Everything lives in namespaces named atl-*; the host's own "
-         "network is never touched.",
+         "proxy2 (a second Squid), origin (nginx). Everything lives in namespaces named "
+         "atl-*; the host's own network is never touched. `atlantic lab proxy 1|2 "
+         "stop|start|blackhole|heal` fails and restores an upstream proxy.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -51,7 +52,8 @@ def up_cmd(
         raise _fail(str(e)) from None
     rate = f", {env.rate_mbit:g} Mbit/s" if env.rate_mbit else ""
     typer.echo(f"lab up in {time.monotonic() - t0:.1f}s: delay {env.delay_ms:g} ms one-way"
-               f"{rate}; proxy {env.proxy_url}, h2 proxy {env.h2_proxy_url}")
+               f"{rate}; proxy {env.proxy_url}, h2 proxy {env.h2_proxy_url}, "
+               f"proxy 2 {env.proxy2_url}")
     typer.echo("use it: `atlantic lab shell`, `atlantic lab exec -- CMD`, "
                "or `eval \"$(atlantic lab env)\"`")
 
@@ -82,7 +84,7 @@ def _exec(ns: str, argv: list[str]) -> int:
 
 @lab_app.command("shell")
 def shell_cmd(
-    ns: str = typer.Option("client", "--ns", help=f"Namespace: {', '.join(ROLES)}."),
+    ns: str = typer.Option("client", "--ns", help=f"Namespace: {', '.join(ALL_ROLES)}."),
 ) -> None:
     """Open an interactive shell in a lab namespace with the LAB_* variables exported."""
     _check_ns(ns)
@@ -93,7 +95,7 @@ def shell_cmd(
                                            "ignore_unknown_options": True})
 def exec_cmd(
     cmd: list[str] = typer.Argument(..., help="The command, after `--`."),
-    ns: str = typer.Option("client", "--ns", help=f"Namespace: {', '.join(ROLES)}."),
+    ns: str = typer.Option("client", "--ns", help=f"Namespace: {', '.join(ALL_ROLES)}."),
 ) -> None:
     """Run a command in a lab namespace (client by default) with the LAB_* variables.
 
@@ -105,5 +107,32 @@ def exec_cmd(
 
 
 def _check_ns(ns: str) -> None:
-    if ns not in ROLES:
-        raise _fail(f"unknown namespace {ns!r}; pick one of {', '.join(ROLES)}")
+    if ns not in ALL_ROLES:
+        raise _fail(f"unknown namespace {ns!r}; pick one of {', '.join(ALL_ROLES)}")
+
+
+@lab_app.command("proxy")
+def proxy_cmd(
+    n: str = typer.Argument(..., metavar="1|2", help="1: proxy.test (Squid + nghttpx), "
+                                                      "2: proxy2.test (Squid)."),
+    action: str = typer.Argument(..., metavar="|".join(PROXY_ACTIONS)),
+) -> None:
+    """Fail or restore one upstream proxy of the running lab (affects every user of the lab).
+
+    stop: its Squid exits, connects are refused (proxy 1: its nghttpx too).
+
+    start: started again. status: print its state, change nothing.
+
+    blackhole: the router silently drops all packets to or from its address.
+
+    heal: undo the blackhole. (A blackholed proxy's connects time out, like a vanished exit.)
+
+    Each is safe twice; `lab up` keeps them as they are, `lab down` clears them.
+    """
+    if n not in ("1", "2"):
+        raise _fail(f"no proxy {n!r} in the lab; pick 1 or 2")
+    try:
+        state = proxy_control(int(n), action)
+    except LabError as e:
+        raise _fail(str(e)) from None
+    typer.echo(state.describe())

@@ -4,7 +4,8 @@ The state file (``/run/atlantic-lab/state.json``) is written before anything is 
 and updated after each step, so `down` can clean up after a crash at any point. `down`
 also works with no state file at all: it removes whatever ``atl-`` namespaces,
 processes in them and /etc/netns dirs it finds. Both hold a lock, so two test sessions
-never build the lab at the same time.
+never build the lab at the same time. `proxy_control` fails and restores one of the two
+upstream proxies (stop/start its Squid, blackhole/heal its address in the router).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import secrets
 import shutil
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from atlantic.lab import netns, pki, services
 from atlantic.lab.media import CACHE_DIR, MediaError, ensure_media
 from atlantic.lab.procs import CommandError, cmdline, is_alive, terminate
 from atlantic.lab.topology import (
-    ORIGIN_NAME, PROXY_NAME, PROXY_USER, ROLES, LabEnv, host_ip,
+    ALL_ROLES, ORIGIN_NAME, PROXY_NAME, PROXY_ROLES, PROXY_USER, ROLES, SQUID_PORT, LabEnv,
+    host_ip, ns_name, squid_dir_name,
 )
 
 STATE_DIR = Path(os.environ.get("ATLANTIC_LAB_STATE", "/run/atlantic-lab"))
@@ -91,15 +94,21 @@ def current() -> LabEnv | None:
     env = _env_from_state(state)
     if env is None:
         return None
-    if sorted(netns.lab_namespaces()) != sorted(f"atl-{r}" for r in ROLES):
+    # a subset: a stale atl-proxy2 next to a lab built without it is replaced by `up`
+    if not {ns_name(r) for r in _roles_built(state)} <= set(netns.lab_namespaces()):
         return None
     if not all(_is_ours(pid, name) for name, pid in state.get("pids", {}).items()):
         return None
     return env
 
 
-_PROGRAM = {"delayline": "atlantic.lab.delayline", "squid": "squid", "nghttpx": "nghttpx",
-            "nginx": "nginx", "dns": "atlantic.lab.dnsserver"}
+_PROGRAM = {"delayline": "atlantic.lab.delayline", "squid": "squid", "squid2": "squid",
+            "nghttpx": "nghttpx", "nginx": "nginx", "dns": "atlantic.lab.dnsserver"}
+
+
+def _roles_built(state: dict) -> list[str]:
+    # a lab built before the second proxy existed records no list: the first four
+    return state.get("namespaces", list(ROLES))
 
 
 def _is_ours(pid: int, name: str) -> bool:
@@ -190,6 +199,8 @@ def _check_can_run() -> None:
 def _up_unlocked(delay_ms: float, rate_mbit: float | None) -> LabEnv:
     env = current()
     if env is not None:
+        if "proxy2" not in _roles_built(_read_state()):
+            _add_proxy2(env)
         if env.delay_ms != delay_ms:
             env = _restart_delayline(delay_ms)
         if env.rate_mbit != rate_mbit:
@@ -252,6 +263,7 @@ def _build(delay_ms: float, rate_mbit: float | None, media) -> LabEnv:
 
     original, ours = step("allow cubic congestion control", netns.ensure_cubic_allowed)
     state["allowed_cc"] = {"original": original, "ours": ours}
+    state["namespaces"] = list(ALL_ROLES)
     _write_state(state)
     step("create namespaces", netns.create_namespaces)
     step("create veth links", netns.create_links)
@@ -265,13 +277,13 @@ def _build(delay_ms: float, rate_mbit: float | None, media) -> LabEnv:
         _write_state(state)
 
     start("delayline", services.start_delayline, STATE_DIR, delay_ms)
-    certs = step("make lab CA and certs", pki.ensure_pki, CACHE_DIR,
-                 (ORIGIN_NAME, host_ip("origin")), (PROXY_NAME, host_ip("proxy")))
+    certs = step("make lab CA and certs", _pki)
     password = step("make proxy password", _proxy_password)
     start("nginx", services.start_nginx, STATE_DIR, media.root, certs.origin_cert,
           certs.origin_key)
     start("dns", services.start_dns, STATE_DIR)
     start("squid", services.start_squid, STATE_DIR, PROXY_USER, password)
+    start("squid2", services.start_squid, STATE_DIR, PROXY_USER, password, "proxy2")
     start("nghttpx", services.start_nghttpx, STATE_DIR, certs.proxy_cert, certs.proxy_key)
     env = LabEnv(
         delay_ms=delay_ms, rate_mbit=rate_mbit, proxy_user=PROXY_USER, proxy_password=password,
@@ -282,6 +294,40 @@ def _build(delay_ms: float, rate_mbit: float | None, media) -> LabEnv:
     state.update(phase="up", env=env.to_dict())
     _write_state(state)
     return env
+
+
+def _pki() -> pki.LabPki:
+    return pki.ensure_pki(CACHE_DIR, (ORIGIN_NAME, host_ip("origin")),
+                          (PROXY_NAME, host_ip("proxy")))
+
+
+def _add_proxy2(env: LabEnv) -> None:
+    """Give a running lab built before the second proxy existed its proxy2 and /ip, in place.
+
+    Nothing its users rely on is restarted (nginx reloads gracefully), so a session that
+    holds the lab is not disturbed. On failure the half-added proxy2 is removed again.
+    """
+    state = _read_state()
+    _remove_proxy2(state)  # whatever an older `down` that did not know proxy2 left
+    try:
+        netns.add_host("proxy2", env.rate_mbit)
+        netns.write_etc_netns()
+        state["pids"]["squid2"] = services.start_squid(
+            STATE_DIR, env.proxy_user, env.proxy_password, "proxy2")
+        media, certs = ensure_media(), _pki()
+        services.reload_nginx(STATE_DIR, media.root, certs.origin_cert, certs.origin_key,
+                              state["pids"]["nginx"])
+    except (CommandError, services.ServiceError, pki.PkiError, MediaError, OSError) as e:
+        _remove_proxy2(state)
+        raise LabError(f"adding proxy 2 to the running lab failed: {e}") from None
+    state["namespaces"] = list(ALL_ROLES)
+    _write_state(state)
+
+
+def _remove_proxy2(state: dict) -> None:
+    state["pids"].pop("squid2", None)
+    terminate(netns.namespace_pids("proxy2"))
+    netns.remove_host("proxy2")
 
 
 def set_delay(delay_ms: float) -> LabEnv:
@@ -336,7 +382,7 @@ def _down_unlocked() -> list[str]:
     # still living in our namespaces: helpers, shells, tests' own processes
     pids = {n: p for n, p in state.get("pids", {}).items() if _is_ours(p, n)}
     # SIGINT is Squid's immediate shutdown (SIGTERM waits shutdown_lifetime for clients)
-    special = {pids["squid"]: signal.SIGINT} if "squid" in pids else None
+    special = {p: signal.SIGINT for n, p in pids.items() if _PROGRAM.get(n) == "squid"}
     terminate(list(pids.values()), signals=special)
     leftovers = [p for ns in netns.lab_namespaces() for p in netns.namespace_pids(ns)]
     if leftovers:
@@ -348,8 +394,9 @@ def _down_unlocked() -> list[str]:
     errors += netns.delete_namespaces()
     netns.remove_etc_netns()
     # Squid removes these itself unless it was killed hard
-    for shm in Path("/dev/shm").glob(f"{services.SQUID_SERVICE_NAME}-*.shm"):
-        shm.unlink(missing_ok=True)
+    for name in services.SQUID_SERVICE_NAMES.values():
+        for shm in Path("/dev/shm").glob(f"{name}-*.shm"):
+            shm.unlink(missing_ok=True)
     cc = state.get("allowed_cc")
     if cc:
         try:
@@ -359,3 +406,96 @@ def _down_unlocked() -> list[str]:
     if not errors:
         shutil.rmtree(STATE_DIR, ignore_errors=True)
     return errors
+
+
+# ---- failing and restoring one upstream proxy ------------------------------------------
+
+PROXY_ACTIONS = ("stop", "start", "blackhole", "heal", "status")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyState:
+    """One of the lab's upstream proxies, as `proxy_control` left it."""
+
+    n: int
+    ip: str
+    running: bool
+    blackholed: bool
+
+    def describe(self) -> str:
+        """One line for the CLI."""
+        return (f"proxy {self.n} ({self.ip}:{SQUID_PORT}): "
+                f"{'running' if self.running else 'stopped'}, "
+                f"{'blackholed' if self.blackholed else 'reachable'}")
+
+
+def _proxy_services(n: int) -> tuple[str, ...]:
+    # proxy 1's nghttpx (LAB_H2_PROXY_URL) fronts its Squid: both go down and up together
+    return ("squid", "nghttpx") if n == 1 else (squid_dir_name(PROXY_ROLES[n]),)
+
+
+def proxy_control(n: int, action: str) -> ProxyState:
+    """Fail or restore upstream proxy *n* (1: proxy.test, 2: proxy2.test) of the running lab.
+
+    ``stop``: its Squid (for proxy 1 also nghttpx) exits, connects are refused; ``start``:
+    started again, PIDs recorded; ``blackhole``: the router silently drops every packet to
+    or from its address (connects time out); ``heal``: undoes that; ``status``: no change.
+    Each is safe twice. `up` leaves these as they are; `down` removes everything. Affects
+    every user of the lab.
+    """
+    role = PROXY_ROLES.get(n)
+    if role is None:
+        raise LabError(f"no proxy {n!r} in the lab; pick 1 or 2")
+    if action not in PROXY_ACTIONS:
+        raise LabError(f"unknown proxy action {action!r}; pick one of {', '.join(PROXY_ACTIONS)}")
+    _check_can_run()
+    with _locked():
+        env = current()
+        if env is None:
+            raise LabError("the lab is not up; run `atlantic lab up` first")
+        state = _read_state()
+        if role not in _roles_built(state):
+            raise LabError(f"this lab was built without proxy {n}; run `atlantic lab up` to add it")
+        try:
+            if action == "stop":
+                _stop_proxy(state, n)
+            elif action == "start":
+                _start_proxy(state, n, env)
+            elif action == "blackhole":
+                netns.blackhole(role)
+            elif action == "heal":
+                netns.heal(role)
+            running = all(_is_running(state, s) for s in _proxy_services(n))
+            return ProxyState(n, host_ip(role), running, netns.is_blackholed(role))
+        except (CommandError, services.ServiceError, pki.PkiError, OSError) as e:
+            raise LabError(f"proxy {n} {action} failed: {e}") from None
+
+
+def _is_running(state: dict, name: str) -> bool:
+    pid = state["pids"].get(name)
+    return pid is not None and _is_ours(pid, name)
+
+
+def _stop_proxy(state: dict, n: int) -> None:
+    for name in reversed(_proxy_services(n)):  # nghttpx before the Squid behind it
+        pid = state["pids"].pop(name, None)
+        if pid and _is_ours(pid, name):
+            if _PROGRAM[name] == "squid":
+                services.stop_squid(pid)
+            else:
+                terminate([pid])
+        _write_state(state)
+
+
+def _start_proxy(state: dict, n: int, env: LabEnv) -> None:
+    for name in _proxy_services(n):
+        if _is_running(state, name):
+            continue
+        if name == "nghttpx":
+            certs = _pki()
+            pid = services.start_nghttpx(STATE_DIR, certs.proxy_cert, certs.proxy_key)
+        else:
+            pid = services.start_squid(STATE_DIR, env.proxy_user, env.proxy_password,
+                                       PROXY_ROLES[n])
+        state["pids"][name] = pid
+        _write_state(state)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from atlantic.lab.procs import CommandError, run
 from atlantic.lab.topology import (
-    DELAY_TABLE, HOST_IFNAME, HOSTS, ROLES, ROUTER_TUN, ROUTER_TUN_ADDR, host_ip, hosts_file,
-    ns_name, resolv_conf, router_ifname, router_ip,
+    ALL_ROLES, DELAY_TABLE, HOST_IFNAME, HOSTS, ROUTER_TUN, ROUTER_TUN_ADDR, SUBNET,
+    blackhole_table, host_ip, hosts_file, ns_name, render_blackhole, render_heal, resolv_conf,
+    router_ifname, router_ip,
 )
 
 NETNS_ETC = Path("/etc/netns")
@@ -23,7 +24,7 @@ ALLOWED_CC = Path("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
 
 def lab_namespaces() -> list[str]:
     """The lab's namespaces that exist now (never another prefix such as ``atlt-``)."""
-    ours = {ns_name(r) for r in ROLES}
+    ours = {ns_name(r) for r in ALL_ROLES}
     out = run(["ip", "netns", "list"]).stdout
     return [line.split()[0] for line in out.splitlines() if line and line.split()[0] in ours]
 
@@ -52,11 +53,11 @@ def restore_allowed_cc(original: str, ours: str) -> None:
         ALLOWED_CC.write_text(original + "\n")
 
 
-def create_namespaces() -> None:
-    """Create the four namespaces with loopback up and cubic congestion control."""
-    for role in ROLES:
+def create_namespaces(roles: tuple[str, ...] = ALL_ROLES) -> None:
+    """Create the lab's namespaces with loopback up and cubic congestion control."""
+    for role in roles:
         run(["ip", "netns", "add", ns_name(role)])
-    for role in ROLES:
+    for role in roles:
         _ip(role, "link", "set", "lo", "up")
         _sysctl(role, {"net.ipv4.tcp_congestion_control": "cubic"})
     forget_tcp_metrics()
@@ -70,20 +71,20 @@ def forget_tcp_metrics() -> None:
     delay 0 the lab's hosts held "reordering 300" for each other). Called at creation and
     whenever the delay changes.
     """
-    for role in ROLES:
-        _sysctl(role, {"net.ipv4.tcp_no_metrics_save": "1"})
-        run(["ip", "netns", "exec", ns_name(role), "ip", "tcp_metrics", "flush", "all"], check=False)
+    for ns in lab_namespaces():
+        _sysctl(ns, {"net.ipv4.tcp_no_metrics_save": "1"})
+        run(["ip", "netns", "exec", ns, "ip", "tcp_metrics", "flush", "all"], check=False)
 
 
-def create_links() -> None:
-    """Join client, proxy and origin to the router with veth pairs and default routes."""
+def create_links(hosts: tuple[str, ...] = HOSTS) -> None:
+    """Join *hosts* (client, proxies, origin) to the router with veth pairs and default routes."""
     _sysctl("router", {
         "net.ipv4.ip_forward": "1",
         # packets come back out of the TUN with the sender's source: no reverse-path check
         "net.ipv4.conf.all.rp_filter": "0",
         "net.ipv4.conf.default.rp_filter": "0",
     })
-    for role in HOSTS:
+    for role in hosts:
         r_if = router_ifname(role)
         _ip("router", "link", "add", r_if, "type", "veth", "peer", "name", HOST_IFNAME,
             "netns", ns_name(role))
@@ -104,9 +105,31 @@ def create_delay_routing() -> None:
     _ip("router", "addr", "add", ROUTER_TUN_ADDR, "dev", ROUTER_TUN)
     _ip("router", "link", "set", ROUTER_TUN, "up")
     _ip("router", "route", "add", "default", "dev", ROUTER_TUN, "table", str(DELAY_TABLE))
-    for i, role in enumerate(HOSTS):
-        _ip("router", "rule", "add", "pref", str(1000 + i), "iif", router_ifname(role),
+    add_delay_rules()
+
+
+def add_delay_rules(hosts: tuple[str, ...] = HOSTS) -> None:
+    """Send what the router forwards from each of *hosts* through the delay line."""
+    for role in hosts:
+        _ip("router", "rule", "add", "pref", str(999 + SUBNET[role]), "iif", router_ifname(role),
             "lookup", str(DELAY_TABLE))
+
+
+def add_host(role: str, rate_mbit: float | None) -> None:
+    """Join one more host namespace to a running lab (a lab built before *role* existed)."""
+    create_namespaces((role,))
+    create_links((role,))
+    add_delay_rules((role,))
+    if rate_mbit is not None:
+        run(["ip", "netns", "exec", ns_name("router"), *tbf_argv(router_ifname(role), rate_mbit)])
+
+
+def remove_host(role: str) -> None:
+    """Undo `add_host` as far as it got (its namespace, and the router's rule for it)."""
+    run(["ip", "-n", ns_name("router"), "rule", "del", "pref", str(999 + SUBNET[role])],
+        check=False)
+    if ns_name(role) in lab_namespaces():
+        run(["ip", "netns", "del", ns_name(role)], check=False)
 
 
 def tun_has_carrier() -> bool:
@@ -124,7 +147,8 @@ def tbf_argv(dev: str, rate_mbit: float) -> list[str]:
 
 def set_rate(rate_mbit: float | None) -> None:
     """Shape every router veth to *rate_mbit* (both directions), or remove the shaping."""
-    for role in HOSTS:
+    present = lab_namespaces()
+    for role in (h for h in HOSTS if ns_name(h) in present):
         dev = router_ifname(role)
         if rate_mbit is None:
             run(["ip", "netns", "exec", ns_name("router"), "tc", "qdisc", "del", "dev", dev,
@@ -135,7 +159,7 @@ def set_rate(rate_mbit: float | None) -> None:
 
 def write_etc_netns() -> None:
     """/etc/netns/<ns>/{hosts,resolv.conf}: bind-mounted over /etc by ``ip netns exec``."""
-    for role in ROLES:
+    for role in ALL_ROLES:
         d = NETNS_ETC / ns_name(role)
         d.mkdir(parents=True, exist_ok=True)
         (d / "hosts").write_text(hosts_file(role))
@@ -144,7 +168,7 @@ def write_etc_netns() -> None:
 
 def remove_etc_netns() -> None:
     """Remove the lab's /etc/netns dirs (and /etc/netns itself if that leaves it empty)."""
-    for role in ROLES:
+    for role in ALL_ROLES:
         shutil.rmtree(NETNS_ETC / ns_name(role), ignore_errors=True)
     try:
         NETNS_ETC.rmdir()
@@ -167,3 +191,25 @@ def delete_namespaces() -> list[str]:
         except CommandError as e:
             errors.append(str(e))
     return errors
+
+
+def blackhole(role: str) -> None:
+    """Silently drop every packet the router forwards to or from *role* (safe twice)."""
+    _nft(render_blackhole(role))
+
+
+def heal(role: str) -> None:
+    """Undo `blackhole` for *role* (safe if it is not blackholed)."""
+    _nft(render_heal(role))
+
+
+def is_blackholed(role: str) -> bool:
+    """True if the router has *role*'s blackhole table."""
+    r = run(["ip", "netns", "exec", ns_name("router"), "nft", "list", "tables"], check=False)
+    return f"table inet {blackhole_table(role)}" in r.stdout.splitlines()
+
+
+def _nft(script: str) -> None:
+    if shutil.which("nft") is None:
+        raise CommandError("`nft` is not installed (apt-get install nftables)")
+    run(["ip", "netns", "exec", ns_name("router"), "nft", "-f", "-"], input=script)

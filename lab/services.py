@@ -1,4 +1,5 @@
-"""The lab's processes: delay line (router), Squid and nghttpx (proxy), nginx and DNS (origin).
+"""The lab's processes: delay line (router), Squid and nghttpx (proxy), a second Squid
+(proxy2), nginx and DNS (origin).
 
 Each ``start_*`` renders its config into the lab state dir, starts the process in its
 namespace in the foreground-mode of the program (so the PID we record is the service
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import time
 from importlib import resources
@@ -17,14 +19,16 @@ from pathlib import Path
 from string import Template
 
 from atlantic.lab import netns
-from atlantic.lab.procs import is_alive, run, spawn, terminate, wait_tcp
+from atlantic.lab.procs import is_alive, ns_exec_argv, run, spawn, terminate, wait_tcp
 from atlantic.lab.topology import (
-    DNS_PORT, H2_PROXY_PORT, PROXY_NAME, ROUTER_TUN, SQUID_PORT, host_ip, hosts_file, router_ip,
+    DNS_PORT, H2_PROXY_PORT, PROXY2_NAME, PROXY_NAME, ROUTER_TUN, SQUID_PORT, host_ip, hosts_file,
+    router_ip, squid_dir_name,
 )
 
 START_TIMEOUT_S = 15.0
 # Squid's -n: keeps its shm names apart from other Squids; must be alphanumeric
 SQUID_SERVICE_NAME = "atllab"
+SQUID_SERVICE_NAMES = {"proxy": SQUID_SERVICE_NAME, "proxy2": "atllab2"}
 
 
 class ServiceError(RuntimeError):
@@ -61,17 +65,22 @@ def start_delayline(state: Path, delay_ms: float) -> int:
     return _check_started("delay line", pid, ok, log)
 
 
-def start_squid(state: Path, user: str, password: str) -> int:
-    """Start Squid (basic auth, no cache) on the proxy's address; return its PID."""
-    d = state / "squid"
+def start_squid(state: Path, user: str, password: str, role: str = "proxy") -> int:
+    """Start Squid (basic auth, no cache) on *role*'s address (proxy or proxy2); return its PID.
+
+    Also used to start it again after `stop_squid`: the access log is appended to.
+    """
+    d = state / squid_dir_name(role)
     d.mkdir(mode=0o750, exist_ok=True)
     run(["htpasswd", "-b", "-c", "-m", str(d / "passwd"), user, password])
     conf = d / "squid.conf"
-    (d / "hosts").write_text(hosts_file("proxy"))
-    conf.write_text(render_template("squid.conf", dir=d, proxy_ip=host_ip("proxy"),
-                                    squid_port=SQUID_PORT, dns_server=router_ip("proxy"),
-                                    hosts_file=d / "hosts", dns_port=DNS_PORT,
-                                    dns_ip=host_ip("origin")))
+    (d / "hosts").write_text(hosts_file(role))
+    text = render_template("squid.conf", dir=d, proxy_ip=host_ip(role), squid_port=SQUID_PORT,
+                           dns_server=router_ip(role), hosts_file=d / "hosts",
+                           dns_port=DNS_PORT, dns_ip=host_ip("origin"))
+    if role != "proxy":  # a later visible_hostname wins (the template is shared with tests)
+        text += f"visible_hostname {PROXY2_NAME}\n"
+    conf.write_text(text)
     # Squid drops to `proxy`: it must write its logs and pid here and read passwd
     shutil.chown(d, "root", "proxy")
     for name in ("access.log", "cache.log"):
@@ -83,9 +92,14 @@ def start_squid(state: Path, user: str, password: str) -> int:
     os.chmod(d / "hosts", 0o644)
     os.chmod(d / "passwd", 0o640)
     log = d / "squid.out"
-    pid = spawn("proxy", ["squid", "-N", "-n", SQUID_SERVICE_NAME, "-f", str(conf)], log)
-    ok = wait_tcp("proxy", host_ip("proxy"), SQUID_PORT, START_TIMEOUT_S, pid)
-    return _check_started("squid", pid, ok, d / "cache.log")
+    pid = spawn(role, ["squid", "-N", "-n", SQUID_SERVICE_NAMES[role], "-f", str(conf)], log)
+    ok = wait_tcp(role, host_ip(role), SQUID_PORT, START_TIMEOUT_S, pid)
+    return _check_started(f"squid ({role})", pid, ok, d / "cache.log")
+
+
+def stop_squid(pid: int) -> None:
+    """Stop a Squid at once (SIGINT: SIGTERM would wait shutdown_lifetime for clients)."""
+    terminate([pid], sig=signal.SIGINT)
 
 
 def start_nghttpx(state: Path, cert: Path, key: Path) -> int:
@@ -114,15 +128,28 @@ def start_nghttpx(state: Path, cert: Path, key: Path) -> int:
 def start_nginx(state: Path, www: Path, cert: Path, key: Path) -> int:
     """Start nginx on the origin (HTTP :80, HTTPS+h2 :443) serving *www*; return its PID."""
     d = state / "nginx"
-    d.mkdir(exist_ok=True)
-    conf = d / "nginx.conf"
-    conf.write_text(render_template("nginx.conf", dir=d, www=www, cert=cert, key=key,
-                                    origin_ip=host_ip("origin")))
+    conf = _write_nginx_conf(d, www, cert, key)
     log = d / "error.log"
     pid = spawn("origin", ["nginx", "-c", str(conf), "-e", str(log)], d / "nginx.out")
     ok = (wait_tcp("origin", host_ip("origin"), 80, START_TIMEOUT_S, pid)
           and wait_tcp("origin", host_ip("origin"), 443, START_TIMEOUT_S, pid))
     return _check_started("nginx", pid, ok, log)
+
+
+def reload_nginx(state: Path, www: Path, cert: Path, key: Path, pid: int) -> None:
+    """Re-render nginx.conf and have the running master (*pid*) reload it gracefully."""
+    d = state / "nginx"
+    conf = _write_nginx_conf(d, www, cert, key)
+    run(ns_exec_argv("origin", ["nginx", "-t", "-q", "-c", str(conf), "-e", str(d / "error.log")]))
+    os.kill(pid, signal.SIGHUP)
+
+
+def _write_nginx_conf(d: Path, www: Path, cert: Path, key: Path) -> Path:
+    d.mkdir(exist_ok=True)
+    conf = d / "nginx.conf"
+    conf.write_text(render_template("nginx.conf", dir=d, www=www, cert=cert, key=key,
+                                    origin_ip=host_ip("origin")))
+    return conf
 
 
 def start_dns(state: Path) -> int:

@@ -4,8 +4,9 @@ Pure: no I/O. Everything that creates or starts something reads its names and
 addresses from here, so tests and benchmarks can rely on them.
 
     client 10.77.1.2 --- 10.77.1.1 \\
-    proxy  10.77.2.2 --- 10.77.2.1  router (delay line on TUN dl0)
-    origin 10.77.3.2 --- 10.77.3.1 /
+    proxy  10.77.2.2 --- 10.77.2.1  \\
+    origin 10.77.3.2 --- 10.77.3.1  router (delay line on TUN dl0)
+    proxy2 10.77.4.2 --- 10.77.4.1  /
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import shlex
 from dataclasses import dataclass
 
 NS_PREFIX = "atl-"
+# The first four namespaces (tests pin this tuple); ALL_ROLES adds the second proxy.
 ROLES = ("client", "router", "proxy", "origin")
-HOSTS = ("client", "proxy", "origin")  # the namespaces hanging off the router
-SUBNET = {"client": 1, "proxy": 2, "origin": 3}
+ALL_ROLES = (*ROLES, "proxy2")
+HOSTS = ("client", "proxy", "origin", "proxy2")  # the namespaces hanging off the router
+SUBNET = {"client": 1, "proxy": 2, "origin": 3, "proxy2": 4}
+PROXY_ROLES = {1: "proxy", 2: "proxy2"}  # `atlantic lab proxy N ...`
 
 ROUTER_TUN = "dl0"
 ROUTER_TUN_ADDR = "10.77.0.1/32"
@@ -26,6 +30,7 @@ HOST_IFNAME = "eth0"  # inside client/proxy/origin
 SQUID_PORT = 3128
 H2_PROXY_PORT = 3129
 PROXY_NAME = "proxy.test"
+PROXY2_NAME = "proxy2.test"
 ORIGIN_NAME = "origin.test"
 PROXY_USER = "atl"
 # Names only the proxy host can resolve (Squid's hosts file): a flow to one of them works
@@ -38,13 +43,13 @@ def ns_name(role: str) -> str:
     """Full namespace name for a role (``client`` -> ``atl-client``); full names pass."""
     if role.startswith(NS_PREFIX):
         return role
-    if role not in ROLES:
-        raise ValueError(f"unknown lab namespace {role!r}; pick one of {', '.join(ROLES)}")
+    if role not in ALL_ROLES:
+        raise ValueError(f"unknown lab namespace {role!r}; pick one of {', '.join(ALL_ROLES)}")
     return NS_PREFIX + role
 
 
 def host_ip(role: str) -> str:
-    """Address of a host namespace (client, proxy, origin)."""
+    """Address of a host namespace (client, proxy, origin, proxy2)."""
     return f"10.77.{SUBNET[role]}.2"
 
 
@@ -61,18 +66,58 @@ def router_ifname(role: str) -> str:
 def hosts_file(role: str | None = None) -> str:
     """The /etc/hosts a lab namespace sees (bind-mounted by ``ip netns exec``).
 
-    The proxy's (``role="proxy"``) also names `PROXY_ONLY_NAMES`; every other
-    namespace's does not, so the client can never resolve them itself.
+    The proxies' (``role="proxy"`` or ``"proxy2"``) also name `PROXY_ONLY_NAMES`; every
+    other namespace's does not, so the client can never resolve them itself.
     """
-    extra = "".join(f"{host_ip('origin')}\t{n}\n" for n in PROXY_ONLY_NAMES) if role == "proxy" else ""
+    is_proxy = role in PROXY_ROLES.values()
+    extra = "".join(f"{host_ip('origin')}\t{n}\n" for n in PROXY_ONLY_NAMES) if is_proxy else ""
     return (
         "127.0.0.1\tlocalhost\n"
         "::1\tlocalhost ip6-localhost ip6-loopback\n"
         f"{host_ip('client')}\tclient.test\n"
         f"{host_ip('proxy')}\t{PROXY_NAME}\n"
         f"{host_ip('origin')}\t{ORIGIN_NAME}\n"
+        f"{host_ip('proxy2')}\t{PROXY2_NAME}\n"
         + extra
     )
+
+
+def squid_dir_name(role: str) -> str:
+    """The state subdirectory of a proxy's Squid: ``squid`` (proxy 1), ``squid2`` (proxy 2).
+
+    Also the Squid's key in the state file's PIDs.
+    """
+    return "squid" if role == "proxy" else "squid2"
+
+
+def blackhole_table(role: str) -> str:
+    """Name of the router's nftables table that blackholes *role*'s address."""
+    return f"atl_blackhole_{role}"
+
+
+def render_blackhole(role: str) -> str:
+    """``nft -f`` script (atomic, safe twice) dropping every forwarded packet to or from *role*.
+
+    Silent drops in the router's forward hook, before the delay line: to the client the
+    proxy vanishes (connects time out, open connections stall), as when a residential
+    exit goes away.
+    """
+    table, ip = blackhole_table(role), host_ip(role)
+    return (f"table inet {table}\n"
+            f"delete table inet {table}\n"
+            f"table inet {table} {{\n"
+            "\tchain forward {\n"
+            "\t\ttype filter hook forward priority filter; policy accept;\n"
+            f"\t\tip daddr {ip} drop\n"
+            f"\t\tip saddr {ip} drop\n"
+            "\t}\n"
+            "}\n")
+
+
+def render_heal(role: str) -> str:
+    """``nft -f`` script removing *role*'s blackhole table (safe if there is none)."""
+    table = blackhole_table(role)
+    return f"table inet {table}\ndelete table inet {table}\n"
 
 
 def resolv_conf(role: str) -> str:
@@ -109,6 +154,9 @@ class LabEnv:
     h2_proxy_port: int = H2_PROXY_PORT
     dns_resolver: str = f"{host_ip('origin')}:{DNS_PORT}"
     proxy_only_host: str = PROXY_ONLY_NAMES[0]
+    proxy2_ns: str = ns_name("proxy2")
+    proxy2_ip: str = host_ip("proxy2")
+    proxy2_host: str = PROXY2_NAME
 
     @property
     def proxy_url(self) -> str:
@@ -120,6 +168,16 @@ class LabEnv:
         """nghttpx (TLS, ALPN h2) in front of Squid, with credentials."""
         return (f"https://{self.proxy_user}:{self.proxy_password}"
                 f"@{self.proxy_host}:{self.h2_proxy_port}")
+
+    @property
+    def proxy2_url(self) -> str:
+        """The second proxy's Squid (same user and password), HTTP/1.1, with credentials."""
+        return f"http://{self.proxy_user}:{self.proxy_password}@{self.proxy2_ip}:{self.squid_port}"
+
+    @property
+    def squid2_access_log(self) -> str:
+        """The second Squid's access log (same format as the first's)."""
+        return f"{self.state_dir}/{squid_dir_name('proxy2')}/access.log"
 
     def as_env(self) -> dict[str, str]:
         """The LAB_* environment variables describing this lab."""
@@ -148,6 +206,11 @@ class LabEnv:
             "LAB_STATE_DIR": self.state_dir,
             "LAB_DNS_RESOLVER": self.dns_resolver,
             "LAB_PROXY_ONLY_HOST": self.proxy_only_host,
+            "LAB_PROXY2_NS": self.proxy2_ns,
+            "LAB_PROXY2_IP": self.proxy2_ip,
+            "LAB_PROXY2_HOST": self.proxy2_host,
+            "LAB_PROXY2_URL": self.proxy2_url,
+            "LAB_SQUID2_ACCESS_LOG": self.squid2_access_log,
         }
 
     def to_dict(self) -> dict:
