@@ -18,19 +18,28 @@ per kind of failure (not per flow) and shown in ``status``.
 Every accept loop and flow is a task of one TaskGroup (held by one runner task); a flow
 catches and counts its own errors, so one flow's bug never cancels the others. Shutdown
 (``aclose``) stops accepting, gives open flows a while, then cancels them, bounded.
+
+Limits: at most ``max_flows`` flows are open at once (by default what the descriptor
+limit holds, ~6 descriptors per tunnel); a flow beyond it is reset at once, counted and
+logged once a minute, so that no open flow meets EMFILE half-way. The daemon raises the
+limit first (``raise_nofile_limit``). Failures are counted per kind (``note_error``),
+each kind logged as one line at most once a minute, with its latest detail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import resource
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from atlantic.pool.errors import UpstreamError
-from atlantic.forwarder.http1 import HttpCounters, serve_http
+from atlantic.forwarder.http1 import HEAD_TIMEOUT_S, HttpCounters, serve_http
+from atlantic.forwarder.http1_heads import failure_kind, where
 from atlantic.pool.splice import RelayCounters, abort_socket, relay
 from atlantic.forwarder.sniff import FlowKind, sniff
 from atlantic.forwarder.stream_relay import relay_stream
@@ -42,12 +51,18 @@ log = logging.getLogger("atlantic.forwarder")
 
 Lookup = Callable[[int], "tuple[tuple[str, int], tuple[str, int]] | None"]
 ERROR_LOG_INTERVAL_S = 60.0
+MAX_ERROR_KINDS = 256
+MAX_MESSAGE = 400  # characters of one logged line
+FDS_PER_FLOW = 6  # a spliced tunnel: the app's socket, the upstream's, two pipes
+FD_RESERVE = 320  # pool connections (pool.max_total, 256 by default), listeners, TUN, logs
+_QUOTED_OR_NUMBER = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
 
 
 @dataclass(slots=True)
 class ErrorNote:
-    """How often one kind of failure happened, and when it was last logged."""
+    """How often one kind of failure happened, its latest message, when last logged."""
 
+    kind: str
     message: str
     count: int
     first: float
@@ -55,12 +70,55 @@ class ErrorNote:
     logged: float
 
 
+def raise_nofile_limit(wanted: int) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to ``min(hard, wanted)`` (never lower it); returns
+    ``(soft, hard)`` as now in force. For the daemon to call once at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    if soft != resource.RLIM_INFINITY and target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # e.g. above the kernel's nr_open: keep what we have
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def default_max_flows(soft: int | None = None, reserve: int = FD_RESERVE) -> int:
+    """Flows the descriptor limit holds: ``(soft - reserve) // FDS_PER_FLOW``; ``reserve``
+    covers pool connections and the daemon's own files (capped at half the limit), ``soft``
+    defaults to the current soft RLIMIT_NOFILE."""
+    if soft is None:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, (soft - min(reserve, soft // 2)) // FDS_PER_FLOW)
+
+
+def one_line(text: str) -> str:
+    """``text`` as one bounded log line: whitespace runs become one space, other control
+    characters are escaped (a request can carry anything into an error message)."""
+    text = " ".join(text.split())
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "..."
+
+
+def bug_kind(what: str, exc: BaseException) -> str:
+    """The kind of an unexpected error: ``what``, its type, and its message with quoted
+    parts and numbers blanked (they name flows, not kinds of failure)."""
+    return f"{what} ({type(exc).__name__}: {_QUOTED_OR_NUMBER.sub('_', str(exc))[:80]})"
+
+
 class Dispatcher:
     """Accepts captured flows, tunnels each to the upstream, keeps the flow counters."""
 
     def __init__(self, upstream: Upstream, lookup: Lookup, pool: Pool, *, idle_timeout: float,
                  dns: DnsInterceptor | None = None, carried_ports: frozenset[int] = frozenset(),
-                 reject_other_ports: bool = False):
+                 reject_other_ports: bool = False, max_flows: int | None = None,
+                 head_timeout: float = HEAD_TIMEOUT_S):
+        """``max_flows``: open flows at most (None or 0: ``default_max_flows()`` from the
+        descriptor limit now in force); ``head_timeout``: seconds for a whole HTTP request
+        head from its first byte, then 408."""
         self.upstream = upstream
         self.lookup = lookup
         self.pool = pool
@@ -68,6 +126,9 @@ class Dispatcher:
         self.dns = dns
         self.carried_ports = carried_ports
         self.reject_other_ports = reject_other_ports
+        self.max_flows = max_flows or default_max_flows()
+        self.head_timeout = head_timeout
+        self.flows_refused = 0  # reset at once: max_flows were open
         self.relay_counters = RelayCounters()
         self.http_counters = HttpCounters()
         self.kinds = {kind.value: 0 for kind in FlowKind}
@@ -127,17 +188,28 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - e.g. the listener was closed: stop accepting here
                 self.note_error(f"accept stopped ({type(exc).__name__}: {exc})")
                 return
+            if self.flows_open >= self.max_flows:
+                self._refuse_over_limit(sock)
+                continue
             sock.setblocking(False)
             self.flows_open += 1  # counted from here: a drain must wait for it too
             self._no_flows.clear()
             self._group.create_task(self._flow(sock, peer[1]))
+
+    def _refuse_over_limit(self, sock: socket.socket) -> None:
+        """Reset a flow at once: ``max_flows`` are open (better now than EMFILE half-way)."""
+        self.flows_total += 1
+        self.flows_refused += 1
+        self._refuse(sock, f"too many flows: {self.flows_open} open, limit {self.max_flows} (daemon.max_flows); "
+                           "new flows are reset until some end", "too many flows")
 
     async def _flow(self, sock: socket.socket, nat_port: int) -> None:
         """One accepted flow, start to end; its errors are its own (counted, reset)."""
         try:
             await self._serve_flow(sock, nat_port)
         except Exception as exc:  # noqa: BLE001 - a bug costs this flow, never its siblings
-            self._refuse(sock, f"flow from NAT port {nat_port} failed ({type(exc).__name__}: {exc})")
+            self._refuse(sock, f"flow from NAT port {nat_port} failed ({type(exc).__name__} at {where(exc)}: {exc})",
+                         bug_kind("flow failed", exc))
         finally:
             self.flows_open -= 1
             if self.flows_open == 0:
@@ -147,7 +219,7 @@ class Dispatcher:
         self.flows_total += 1
         flow = self.lookup(nat_port)
         if flow is None:
-            self._refuse(sock, f"no NAT entry for listener peer port {nat_port}")
+            self._refuse(sock, f"no NAT entry for listener peer port {nat_port}", "no NAT entry")
             return
         _src, (ip, port) = flow
         dns = self.dns
@@ -156,32 +228,34 @@ class Dispatcher:
             return
         if self.carried_ports and port not in self.carried_ports and self.reject_other_ports:
             self._refuse(sock, f"port {port} is not carried by the upstream (capture.ports); "
-                               f"flows to it are refused (capture.other_ports = reject)")
+                               f"flows to it are refused (capture.other_ports = reject)", "port not carried")
             return
         name = None
         if dns is not None and dns.is_fake(ip):
             name = dns.lookup(ip)
             if name is None:
                 self._refuse(sock, f"flow to {ip}: the name behind this fake address is no longer "
-                                   "known (an expired DNS answer); the application must look it up again")
+                                   "known (an expired DNS answer); the application must look it up again",
+                             "fake address expired")
                 return
             dns.pin(ip)  # the address must not go to another name while this flow uses it
         try:
             await self._carry(sock, ip, port, name)
         except Exception as exc:  # noqa: BLE001 - a bug costs this flow, never the daemon
-            self._refuse(sock, f"flow to {name or ip}:{port} failed ({type(exc).__name__}: {exc})")
+            self._refuse(sock, f"flow to {name or ip}:{port} failed ({type(exc).__name__} at {where(exc)}: {exc})",
+                         bug_kind("flow failed", exc))
         finally:
             if name is not None:
                 dns.unpin(ip)
 
-    def _refuse(self, sock: socket.socket, reason: str) -> None:
+    def _refuse(self, sock: socket.socket, reason: str, kind: str | None = None) -> None:
         self.flows_failed += 1
-        self.note_error(reason)
+        self.note_error(reason, kind)
         abort_socket(sock)
 
     async def _carry(self, sock: socket.socket, ip: str, port: int, name: str | None) -> None:
         try:
-            sniffed = await sniff(sock)
+            sniffed = await sniff(sock, port=port)
         except OSError:
             sock.close()  # the application went away before saying anything
             return
@@ -193,7 +267,7 @@ class Dispatcher:
             await serve_http(sock, sniffed.data, (name or ip, port), self.pool, counters=self.http_counters,
                              idle_timeout=self.idle_timeout, note_error=self.note_error,
                              to_destination=self.upstream.is_direct and name is None,
-                             address=ip if name is not None else None)
+                             address=ip if name is not None else None, head_timeout=self.head_timeout)
             return
         # Through a proxy, the name (from DNS, or the ClientHello's SNI) travels so the
         # exit node resolves it; direct connects to the address the application chose.
@@ -205,7 +279,7 @@ class Dispatcher:
             stream = await self.pool.open_tunnel(host, port)
         except UpstreamError as exc:
             self.flows_failed += 1
-            self.note_error(str(exc))
+            self.note_error(str(exc), f"tunnel: {failure_kind(exc)}")
             abort_socket(sock)
             return
         except asyncio.CancelledError:
@@ -224,35 +298,49 @@ class Dispatcher:
         finally:
             sock.close()
 
-    def note_error(self, message: str) -> None:
-        """Count a failure; log it the first time and then at most once a minute."""
+    def note_error(self, message: str, kind: str | None = None) -> None:
+        """Count a failure of ``kind`` (default: the message itself); log it as one line the
+        first time, then at most once a minute with the latest message and the count.
+
+        A message may name a destination; its kind must not, or every destination would
+        be a new kind with a line of its own.
+        """
         now = time.monotonic()
-        note = self.errors.get(message)
+        message = one_line(message)
+        kind = message if kind is None else one_line(kind)
+        note = self.errors.get(kind)
         if note is None:
-            self.errors[message] = ErrorNote(message, 1, now, now, now)
+            self.errors[kind] = ErrorNote(kind, message, 1, now, now, now)
             log.warning("%s", message)
-            if len(self.errors) > 256:  # bounded: forget the oldest kinds
+            if len(self.errors) > MAX_ERROR_KINDS:  # bounded: forget the oldest kinds
                 oldest = min(self.errors.values(), key=lambda n: n.last)
-                del self.errors[oldest.message]
+                del self.errors[oldest.kind]
             return
         note.count += 1
         note.last = now
+        note.message = message
         if now - note.logged >= ERROR_LOG_INTERVAL_S:
             note.logged = now
-            log.warning("%s (%d times so far)", message, note.count)
+            log.warning("%s (%d times so far of this kind)", message, note.count)
 
     def counters(self) -> dict:
         """Flow counters and the latest error, for ``status``."""
         http = self.http_counters
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         report = {
             "flows_open": self.flows_open,
             "flows_total": self.flows_total,
             "flows_failed": self.flows_failed + http.upstream_errors,
+            "flows_refused": self.flows_refused,
             "flow_kinds": dict(self.kinds),
             "bytes_up": self.relay_counters.bytes_up + http.bytes_up,
             "bytes_down": self.relay_counters.bytes_down + http.bytes_down,
+            "limits": {"max_flows": self.max_flows, "open_files": soft,
+                       "open_files_hard": -1 if hard == resource.RLIM_INFINITY else hard,
+                       "head_timeout_s": self.head_timeout},
             "http": {"requests": http.requests, "bad_requests": http.bad_requests,
-                     "upstream_errors": http.upstream_errors, "aborted": http.aborted, "tunnels": http.tunnels},
+                     "head_timeouts": http.head_timeouts, "upstream_errors": http.upstream_errors,
+                     "aborted": http.aborted, "tunnels": http.tunnels},
             "pool": self.pool.counters(),
         }
         if self.dns is not None:

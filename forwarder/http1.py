@@ -19,12 +19,16 @@ rides the pool's warm upstream connections.
 - Failures before the response head become a one-line plain-text error response
   (502/504, or 400 for a malformed request), then the connection closes. A failure
   mid-body resets the application's connection, so a truncated body never looks whole.
+- Hostile input: a request head must be complete within ``head_timeout`` of its first
+  byte (else 408, slowloris); Transfer-Encoding with Content-Length is relayed chunked
+  without the Content-Length, and the connection closes after the response (RFC 9112
+  §6.1); a Host no upstream can carry (not ASCII) is a 400 before the pool sees it.
+  Failures reach ``note_error`` as one line with a kind, never as a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,12 +36,14 @@ from dataclasses import dataclass, replace
 import h11
 
 from atlantic.pool.errors import RemoteProtocolError, UpstreamError
-from atlantic.forwarder.http1_body import RequestBody, body_length
+from atlantic.forwarder.http1_body import RequestBody, body_length, framing_problem, has_both_lengths
 from atlantic.forwarder.http1_heads import (
     BadRequest,
     ErrorReply,
     bad_request_reply,
     error_reply,
+    failure_kind,
+    where,
     is_tunnel_request,
     request_head,
     response_headers,
@@ -45,18 +51,21 @@ from atlantic.forwarder.http1_heads import (
     split_host,
 )
 from atlantic.forwarder.stream_relay import relay_stream
-from atlantic.pool.api import Endpoint, Pool, ResponseStream, SplicingResponseStream
+from atlantic.pool.api import Endpoint, LocalProtocolError, Pool, ResponseStream, SplicingResponseStream
 from atlantic.pool.splice import set_reset_on_close
 
-__all__ = ["HttpCounters", "serve_http"]
-
-log = logging.getLogger("atlantic.forwarder")
+__all__ = ["HEAD_TIMEOUT_S", "HttpCounters", "NoteError", "serve_http"]
 
 RECV_SIZE = 65536
 READ_SIZE = 262144  # one response buffer; the socket's send buffer holds the rest
 LINGER_S = 2.0  # after our FIN, read what the application still sends so it sees no RST
 LINGER_BYTES = 16 * 1024 * 1024
+HEAD_TIMEOUT_S = 30.0  # a whole request head, from its first byte (nginx: client_header_timeout 60 s)
 _NO_BODY_STATUS = (204, 304)
+
+# note_error(message, kind): one line for logs and status; ``kind`` (default: the message)
+# is what is counted and rate-limited, so a message that names a destination is no new kind.
+NoteError = Callable[..., None]
 
 
 @dataclass(slots=True)
@@ -66,6 +75,7 @@ class HttpCounters:
     connections: int = 0
     requests: int = 0
     bad_requests: int = 0
+    head_timeouts: int = 0  # request heads not complete within head_timeout: 408
     upstream_errors: int = 0
     aborted: int = 0  # failures mid-body: the application's connection was reset
     tunnels: int = 0  # CONNECT / Upgrade requests turned into tunnels
@@ -75,6 +85,10 @@ class HttpCounters:
 
 class _Abort(Exception):
     """The flow cannot continue: reset the application's connection."""
+
+
+class _HeadTimeout(Exception):
+    """A request head was not complete within the head timeout (or idled half-way)."""
 
 
 class _SplicedBody:
@@ -97,22 +111,24 @@ async def serve_http(
     *,
     counters: HttpCounters | None = None,
     idle_timeout: float = 120.0,
-    note_error: Callable[[str], None] | None = None,
+    note_error: NoteError | None = None,
     to_destination: bool = False,
     address: str | None = None,
+    head_timeout: float = HEAD_TIMEOUT_S,
 ) -> None:
     """Serve HTTP/1.x requests on the application's connection until it closes.
 
     ``sock`` is the accepted, non-blocking socket (closed on return); ``first_bytes``
     what sniffing already read; ``dst`` the original destination (host, port);
-    ``note_error`` receives one line per upstream failure (for logging and status);
+    ``note_error(message, kind)`` receives one line per failure (for logging and status);
+    ``head_timeout``: seconds for a whole request head from its first byte (then 408);
     ``to_destination``: connect to ``dst`` rather than the Host name (``direct``: the
     application already resolved the name, and the daemon must not resolve it again);
     ``address``: the fake address the application connected to when ``dst`` holds the
     name behind it: a request addressed to that literal goes to the name instead.
     Never raises except CancelledError.
     """
-    flow = _Flow(sock, dst, pool, counters or HttpCounters(), idle_timeout, note_error)
+    flow = _Flow(sock, dst, pool, counters or HttpCounters(), idle_timeout, note_error, head_timeout)
     flow.to_destination = to_destination
     flow.address = address
     flow.counters.connections += 1
@@ -130,7 +146,8 @@ async def serve_http(
     except Exception as exc:  # noqa: BLE001 - a bug must cost one flow, not the daemon's log
         flow.counters.aborted += 1
         if note_error is not None:
-            note_error(f"request relay failed ({type(exc).__name__}: {exc}); the connection was reset")
+            note_error(f"request relay failed ({type(exc).__name__} at {where(exc)}: {exc}); "
+                       "the connection was reset", f"request relay failed ({failure_kind(exc)})")
     finally:
         await flow.close(mode)
 
@@ -138,13 +155,17 @@ async def serve_http(
 class _Flow:
     """One application connection: an h11 server connection and its socket."""
 
-    def __init__(self, sock, dst, pool, counters, idle_timeout, note_error):
+    def __init__(self, sock, dst, pool, counters, idle_timeout, note_error, head_timeout=HEAD_TIMEOUT_S):
         self.sock = sock
         self.dst = dst
         self.pool = pool
         self.counters = counters
         self.idle_timeout = idle_timeout
         self.note_error = note_error
+        self.head_timeout = head_timeout
+        self.head_deadline: float | None = None  # loop time; set while a head is under way
+        self.must_close = False  # close after this response (framing that cannot be trusted)
+        self.method = ""  # of the request being answered ("" before its head)
         self.to_destination = False
         self.address: str | None = None
         self.loop = asyncio.get_running_loop()
@@ -162,6 +183,8 @@ class _Flow:
                 event = await self.next_event()
             except h11.RemoteProtocolError as exc:
                 return await self.reply_bad_request(exc)
+            except _HeadTimeout:
+                return await self.reply_head_timeout()
             if not isinstance(event, h11.Request):
                 return "close"  # ConnectionClosed (or PAUSED, which we never ask for)
             raw, self.raw = self.raw, None
@@ -172,6 +195,7 @@ class _Flow:
                 return "graceful"
             pending = conn.trailing_data[0]
             self.raw = [pending] if pending else []
+            self.method = ""
             conn.start_next_cycle()
 
     def feed(self, data: bytes) -> None:
@@ -188,23 +212,55 @@ class _Flow:
         except (ConnectionError, TimeoutError):
             return b""
 
+    async def recv_head(self) -> bytes:
+        """Bytes of a request head: idle timeout before its first byte, then the head
+        deadline (slowloris). _HeadTimeout once a started head runs out of time."""
+        loop = self.loop
+        if self.head_deadline is None and self.raw:  # part of a head is here already
+            self.head_deadline = loop.time() + self.head_timeout
+        deadline = self.head_deadline
+        timeout = self.idle_timeout if deadline is None else min(self.idle_timeout, deadline - loop.time())
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                data = await loop.sock_recv(self.sock, RECV_SIZE)
+        except ConnectionError:
+            return b""
+        except TimeoutError:
+            if deadline is not None:
+                raise _HeadTimeout from None
+            return b""  # idle between requests: close quietly
+        if data and self.head_deadline is None:
+            self.head_deadline = loop.time() + self.head_timeout
+        return data
+
     async def next_event(self):
-        """The next h11 event, reading from the socket as needed."""
+        """The next h11 event (a request head, or the end), reading from the socket as needed."""
         conn = self.conn
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
+                self.head_deadline = None
                 return event
-            self.feed(await self.recv())
+            self.feed(await self.recv_head())
 
     async def handle(self, request: h11.Request, raw: list[bytes]) -> bool:
         """Relay one request; False once the connection must close."""
         counters = self.counters
         counters.requests += 1
-        method = request.method.decode("ascii")
+        method = self.method = request.method.decode("ascii")
         headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw_items()]
         if is_tunnel_request(method, headers):
             return await self.tunnel(method, headers, b"".join(raw))
+        problem = framing_problem(request)
+        if problem is not None:
+            counters.bad_requests += 1
+            await self.reply(bad_request_reply(problem))
+            return False
+        if has_both_lengths(request):
+            # RFC 9112 §6.1: Transfer-Encoding wins; the Content-Length must not travel on
+            # (request smuggling), and this connection closes after the response.
+            headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+            self.must_close = True
         length = body_length(request)
         try:
             head = request_head(method, request.target.decode("latin-1"), headers, self.dst, length)
@@ -230,6 +286,10 @@ class _Flow:
             if body is not None and body.app_error is not None:
                 await self.reply_bad_request(body.app_error)
                 return False
+            if isinstance(exc, LocalProtocolError):  # the pool cannot write what the app sent
+                counters.bad_requests += 1
+                await self.reply(bad_request_reply(str(exc)))
+                return False
             self.upstream_failed(exc)
             await self.reply(error_reply(exc))
             return False
@@ -252,10 +312,13 @@ class _Flow:
         try:
             if not 200 <= rh.status <= 999:
                 raise h11.LocalProtocolError(f"unexpected status {rh.status}")
+            headers = response_headers(rh, method)
+            if self.must_close:
+                headers.append(("Connection", "close"))  # h11 then closes after the body
             data = conn.send(
                 h11.Response(
                     status_code=rh.status,
-                    headers=response_headers(rh, method),
+                    headers=headers,
                     reason=rh.reason.encode("latin-1", "replace"),
                 )
             )
@@ -338,6 +401,10 @@ class _Flow:
         try:
             stream = await self.pool.open_tunnel(host, port)
         except Exception as exc:  # noqa: BLE001 - becomes the application's error response
+            if isinstance(exc, LocalProtocolError):
+                self.counters.bad_requests += 1
+                await self.reply(bad_request_reply(str(exc)))
+                return False
             self.upstream_failed(exc)
             await self.reply(error_reply(exc))
             return False
@@ -356,7 +423,9 @@ class _Flow:
             raise _Abort  # a response is already under way: only a reset tells the app
         try:
             data = conn.send(h11.Response(status_code=reply.status, headers=reply.headers(), reason=reply.reason.encode()))
-            data += conn.send(h11.Data(data=reply.body)) + conn.send(h11.EndOfMessage())
+            if self.method != "HEAD":  # a response to HEAD has no body; its Content-Length still says how long
+                data += conn.send(h11.Data(data=reply.body))
+            data += conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
             raise _Abort from exc
         await self.sendall(data)
@@ -367,13 +436,26 @@ class _Flow:
         await self.reply(bad_request_reply(str(exc), exc.error_status_hint))
         return "graceful"
 
-    def upstream_failed(self, exc: BaseException) -> None:
-        """Count a failure on the pool side; pass its one-line reason on; log bugs in full."""
-        self.counters.upstream_errors += 1
-        if not isinstance(exc, (UpstreamError, OSError, h11.LocalProtocolError)):
-            log.error("request relay: unexpected error from the pool", exc_info=exc)
+    async def reply_head_timeout(self) -> str:
+        """408 for a request head that did not complete in time, then close."""
+        self.counters.head_timeouts += 1
         if self.note_error is not None:
-            self.note_error(error_reply(exc).body.decode().strip())
+            self.note_error(f"a request head was not complete within {self.head_timeout:g} s of its first "
+                            "byte (slow or stalled client): answered 408 (daemon.head_timeout_s)",
+                            "request head timeout")
+        await self.reply(bad_request_reply(f"the request head was not complete within {self.head_timeout:g} s", 408))
+        return "graceful"
+
+    def upstream_failed(self, exc: BaseException) -> None:
+        """Count a failure on the pool side and pass its one-line reason on, never a traceback
+        (a bug names its type and where it was raised)."""
+        self.counters.upstream_errors += 1
+        if self.note_error is None:
+            return
+        message = error_reply(exc).body.decode().strip()
+        if not isinstance(exc, (UpstreamError, OSError, h11.LocalProtocolError)):
+            message = f"{message} [{type(exc).__name__} at {where(exc)}: {exc}]"
+        self.note_error(message, f"request relay: {failure_kind(exc)}")
 
     async def close(self, mode: str) -> None:
         """Close the application's socket: lingering (graceful), plain, or with an RST."""

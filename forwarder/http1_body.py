@@ -11,7 +11,7 @@ import asyncio
 
 import h11
 
-__all__ = ["RequestBody", "body_length"]
+__all__ = ["RequestBody", "body_length", "framing_problem", "has_both_lengths"]
 
 
 class RequestBody:
@@ -73,3 +73,22 @@ def body_length(request: h11.Request) -> int | None:
         if name == b"content-length":
             length = int(value)
     return length
+
+
+def has_both_lengths(request: h11.Request) -> bool:
+    """Transfer-Encoding and Content-Length together (RFC 9112 §6.1): h11 frames by the
+    Transfer-Encoding; the relay drops the Content-Length and closes after the response."""
+    names = {name for name, _ in request.headers}
+    return b"transfer-encoding" in names and b"content-length" in names
+
+
+def framing_problem(request: h11.Request) -> str | None:
+    """Why the request's body framing cannot be trusted (a 400 reason), or None.
+
+    h11 already answers conflicting Content-Length values (400) and any coding but
+    ``chunked`` (501); left here: Transfer-Encoding in an HTTP/1.0 request, which RFC 9112
+    §6.1 says to treat as faulty framing (1.0 has no chunked coding).
+    """
+    if request.http_version == b"1.0" and any(name == b"transfer-encoding" for name, _ in request.headers):
+        return "Transfer-Encoding in an HTTP/1.0 request: its body framing cannot be trusted"
+    return None

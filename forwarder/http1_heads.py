@@ -10,6 +10,7 @@ error response that says who is at fault.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
@@ -32,6 +33,8 @@ __all__ = [
     "bad_request_reply",
     "end_to_end",
     "error_reply",
+    "failure_kind",
+    "where",
     "is_tunnel_request",
     "request_head",
     "response_headers",
@@ -53,6 +56,16 @@ HOP_BY_HOP = frozenset(
     }
 )
 _NO_BODY_STATUS = frozenset({204, 304})
+# An RFC 3986 reg-name in ASCII: h11 lets obs-text (bytes 0x80-0xff) through in a Host
+# value, and no upstream can carry it (IDNs travel in their xn-- form).
+_HOST_NAME = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=%]{1,255}\Z")
+_PHRASES = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
+            431: "Request Header Fields Too Large", 501: "Not Implemented"}
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a one-line reason: ASCII only (bytes above 0x7f escaped), bounded."""
+    return ascii(text if len(text) <= 80 else text[:80] + "...")
 
 
 class BadRequest(ValueError):
@@ -97,15 +110,16 @@ def end_to_end(headers: list[tuple[str, str]], *, drop_expect: bool = False) -> 
 def split_host(authority: str) -> tuple[str, int | None]:
     """``host[:port]`` (IPv6 in brackets) into a lowercase host and the port or None."""
     authority = authority.strip()
+    shown = _shown(authority)
     if authority.startswith("["):
         end = authority.find("]")
         if end < 0:
-            raise BadRequest(f"bad Host {authority!r}: unclosed IPv6 bracket")
+            raise BadRequest(f"bad Host {shown}: unclosed IPv6 bracket")
         host, rest = authority[1:end], authority[end + 1 :]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise BadRequest(f"bad Host {authority!r}: not an IPv6 address") from None
+            raise BadRequest(f"bad Host {shown}: not an IPv6 address") from None
     else:
         host, sep, port = authority.rpartition(":")
         if not sep:
@@ -114,12 +128,19 @@ def split_host(authority: str) -> tuple[str, int | None]:
             rest = ":" + port
     port_value = None
     if rest:
-        if not rest.startswith(":") or not rest[1:].isdigit() or not 0 < int(rest[1:]) < 65536:
-            raise BadRequest(f"bad Host {authority!r}: bad port")
-        port_value = int(rest[1:])
-    if not host or any(c in host for c in " /\\@?#"):
-        raise BadRequest(f"bad Host {authority!r}")
-    return host.lower().rstrip("."), port_value
+        digits = rest[1:]
+        if not rest.startswith(":") or not digits.isascii() or not digits.isdigit() or not 0 < int(digits) < 65536:
+            raise BadRequest(f"bad Host {shown}: bad port")
+        port_value = int(digits)
+    if not authority.startswith("[") and not _HOST_NAME.match(host):
+        if not host.isascii():
+            raise BadRequest(f"bad Host {shown}: not an ASCII host name (send an international "
+                             "name in its xn-- form)")
+        raise BadRequest(f"bad Host {shown}: not a host name")
+    host = host.lower().rstrip(".")
+    if not host:
+        raise BadRequest(f"bad Host {shown}: not a host name")
+    return host, port_value
 
 
 def is_tunnel_request(method: str, headers: list[tuple[str, str]]) -> bool:
@@ -214,10 +235,35 @@ def error_reply(exc: BaseException) -> ErrorReply:
     return _reply(502, "Bad Gateway", f"internal error in Atlantic's relay ({type(exc).__name__}): see the daemon log")
 
 
+def failure_kind(exc: BaseException) -> str:
+    """What kind of failure ``exc`` is, without the details that vary per flow (the
+    destination, the proxy's words): the key under which failures are counted and
+    logged at most once a minute. A bug is its type and where it was raised."""
+    name = type(exc).__name__
+    if isinstance(exc, UpstreamStatusError):
+        return f"{name} {exc.status}"
+    if isinstance(exc, UpstreamError):
+        return name
+    if isinstance(exc, OSError):
+        return f"{name} {exc.errno}" if exc.errno is not None else name
+    return f"{name} at {where(exc)}"
+
+
+def where(exc: BaseException) -> str:
+    """``file.py:line`` where ``exc`` was raised (its innermost frame), or ``?``."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "?"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename.rpartition('/')[2]}:{tb.tb_lineno}"
+
+
 def bad_request_reply(reason: str, status: int = 400) -> ErrorReply:
     """The response to a request Atlantic cannot parse or relay (the application's fault)."""
-    phrase = {400: "Bad Request", 414: "URI Too Long", 431: "Request Header Fields Too Large"}.get(status, "Bad Request")
-    return _reply(status, phrase, f"bad request: {reason}")
+    if status not in _PHRASES:
+        status = 400
+    return _reply(status, _PHRASES[status], f"bad request: {reason}")
 
 
 def _reply(status: int, reason: str, text: str) -> ErrorReply:

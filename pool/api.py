@@ -14,10 +14,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from atlantic.pool.errors import UpstreamError
+
 if TYPE_CHECKING:
     from atlantic.pool.splice import ByteCounters
 
 Headers = tuple[tuple[str, str], ...]
+
+
+class LocalProtocolError(UpstreamError):
+    """The request cannot be sent as HTTP: the caller's fault (the application's), not the
+    upstream's. Raised before anything reaches a connection: a host that is not an ASCII
+    name or IP literal, a header value that is not Latin-1 text or holds a control
+    character, a target with bytes HTTP does not allow. One line, naming what is wrong.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +161,18 @@ class Pool(Protocol):
 
         Raises the errors of ``atlantic.pool.errors``: ``UpstreamUnreachableError`` /
         ``UpstreamTimeoutError`` (no connection), ``UpstreamAuthError`` (407 from the proxy)
-        and ``RemoteProtocolError`` (the upstream broke HTTP).
+        and ``RemoteProtocolError`` (the upstream broke HTTP); :class:`LocalProtocolError`
+        (an ``UpstreamError`` too) when ``head`` cannot be written as HTTP at all.
+        Header values are Latin-1 text: each character stands for the byte it was decoded
+        from, so bytes the application sent travel unchanged.
         """
         ...
 
     async def open_tunnel(self, host: str, port: int) -> ByteStream:
-        """A tunnel to ``host:port`` (CONNECT over a warm connection or an HTTP/2 stream)."""
+        """A tunnel to ``host:port`` (CONNECT over a warm connection or an HTTP/2 stream).
+
+        :class:`LocalProtocolError` if ``host`` is not an ASCII name or IP literal, or
+        ``port`` not 1-65535."""
         ...
 
     def counters(self) -> dict:

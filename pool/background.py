@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from atlantic.pool.conns import ConnectionSet
@@ -62,12 +63,24 @@ async def warm_loop(warm_wanted: asyncio.Event, warm: WarmSet,
             warm.put(snap.key, t)
 
 
+_last_logged: dict[str, float] = {}  # kind of failure -> when it was last logged
+
+
 async def _guarded(start: Callable[[], Awaitable[object]], what: str) -> None:
-    """Run ``start()``; an error (a bug) ends this task only, logged, never its TaskGroup."""
+    """Run ``start()``; an error (a bug) ends this task only, never its TaskGroup: one log
+    line per kind of failure a minute, naming where it happened, never a traceback."""
     try:
         await start()
-    except Exception:
-        log.exception("pool: %s failed", what)
+    except Exception as exc:  # noqa: BLE001 - logged and contained, see above
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb else "?"
+        kind = f"{what}:{type(exc).__name__}:{where}"
+        now = time.monotonic()
+        if now - _last_logged.get(kind, float("-inf")) >= 60.0:
+            _last_logged[kind] = now
+            log.error("pool: %s failed (%s at %s: %s)", what, type(exc).__name__, where, str(exc)[:200])
 
 
 class PoolTasks:

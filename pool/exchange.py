@@ -13,18 +13,23 @@ __all__ = ["H2ResponseStream", "auth_error", "h2_connect_headers", "h2_request_h
 _H2_DROP = HOP_BY_HOP | {"host", "content-length"}
 
 
-def h2_request_headers(head: RequestHead, proxy_authorization: str | None) -> list[tuple[str, str]]:
-    """Pseudo-headers for a proxy request (``:scheme http``), then lower-cased headers."""
-    out = [(":method", head.method), (":scheme", head.endpoint.scheme),
-           (":authority", head.endpoint.authority), (":path", head.target)]
+def h2_request_headers(head: RequestHead, proxy_authorization: str | None) -> list[tuple[bytes, bytes]]:
+    """Pseudo-headers for a proxy request (``:scheme http``), then lower-cased headers.
+
+    As bytes: values are Latin-1 text (one character per byte the application sent), and
+    h2 would encode ``str`` as UTF-8, turning each byte above 0x7f into two. The head is
+    checked first (``check_request``): an unencodable value never gets here.
+    """
+    out = [(b":method", head.method.encode("ascii")), (b":scheme", head.endpoint.scheme.encode("ascii")),
+           (b":authority", head.endpoint.authority.encode("ascii")), (b":path", head.target.encode("ascii"))]
     for name, value in head.headers:
         lname = name.lower()
         if lname not in _H2_DROP:
-            out.append((lname, value))
+            out.append((lname.encode("ascii"), value.encode("latin-1")))
     if head.body_length:
-        out.append(("content-length", str(head.body_length)))
+        out.append((b"content-length", str(head.body_length).encode("ascii")))
     if proxy_authorization is not None:
-        out.append(("proxy-authorization", proxy_authorization))
+        out.append((b"proxy-authorization", proxy_authorization.encode("latin-1")))
     return out
 
 

@@ -12,6 +12,8 @@ h11 state machine takes the connection over for the next request.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
 from collections.abc import AsyncIterator, Callable
 
@@ -19,16 +21,63 @@ import h11
 
 from atlantic.pool.errors import RemoteProtocolError, UpstreamError
 from atlantic.pool.splice import ByteCounters, RelayEnd
-from atlantic.pool.api import RequestHead, ResponseHead
+from atlantic.pool.api import LocalProtocolError, RequestHead, ResponseHead
 from atlantic.pool.transport import Transport
 
-__all__ = ["ConnectionLost", "H1Connection", "H1ResponseStream", "HOP_BY_HOP", "response_head"]
+__all__ = ["ConnectionLost", "H1Connection", "H1ResponseStream", "HOP_BY_HOP", "check_host",
+           "check_request", "request_event", "response_head"]
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
                         "te", "trailer", "upgrade", "proxy-authenticate", "proxy-authorization"})
 _FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
 MAX_HEAD = 64 * 1024
 SPLICE_MIN = 256 * 1024  # below this a pipe and a dup cost about what copying does
+
+
+# What HTTP lets through, checked before a request touches a connection: a host name is
+# an RFC 3986 reg-name in ASCII (IDNs travel as xn--), a target visible ASCII, a field
+# value Latin-1 text without control characters (HTAB allowed).
+_HOST_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=%]{1,255}\Z")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TARGET = re.compile(r"[\x21-\x7e]+\Z")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a one-line message: ASCII only, at most ~60 characters."""
+    return ascii(text if len(text) <= 60 else text[:60] + "...")
+
+
+def check_host(host: str, port: int = 80) -> None:
+    """:class:`LocalProtocolError` unless ``host`` is an ASCII host name or an IP literal
+    (an IPv6 one with or without brackets) and ``port`` is 1-65535: what a request line,
+    Host and CONNECT carry."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        except ValueError:
+            raise LocalProtocolError(f"host {_shown(host)} is neither a host name nor an IPv6 address") from None
+    elif not _HOST_CHARS.match(host):
+        raise LocalProtocolError(f"host {_shown(host)} is not an ASCII host name "
+                                 "(international names travel in their xn-- form)")
+    if not 0 < port < 65536:
+        raise LocalProtocolError(f"port {port} of host {_shown(host)} is not 1-65535")
+
+
+def check_request(head: RequestHead) -> None:
+    """:class:`LocalProtocolError` (one line) if ``head`` cannot be written as HTTP/1.1 or
+    HTTP/2: checked before any connection is used, so a bad request costs none."""
+    check_host(head.endpoint.host, head.endpoint.port)
+    if not _TOKEN.match(head.method):
+        raise LocalProtocolError(f"method {_shown(head.method)} is not an HTTP token")
+    if not _TARGET.match(head.target):
+        raise LocalProtocolError(f"request target {_shown(head.target)} has bytes HTTP does not allow")
+    for name, value in head.headers:
+        if not _TOKEN.match(name):
+            raise LocalProtocolError(f"header name {_shown(name)} is not an HTTP token")
+        if _BAD_VALUE.search(value):
+            raise LocalProtocolError(f"header {_shown(name)} has a control character or text "
+                                     f"beyond Latin-1: {_shown(value)}")
 
 
 class ConnectionLost(UpstreamError):
@@ -65,8 +114,12 @@ def response_head(status: int, reason: str, raw: list[tuple[str, str]], *, metho
 
 
 def request_headers(head: RequestHead, proxy_authorization: str | None) -> list[tuple[bytes, bytes]]:
-    """Headers as sent on HTTP/1.1: Host first, framing from ``body_length``, proxy auth."""
-    out = [(b"Host", head.endpoint.authority.encode())]
+    """Headers as sent on HTTP/1.1: Host first, framing from ``body_length``, proxy auth.
+
+    Values are Latin-1 (each character one byte, as h11 parsed them from the application);
+    raises UnicodeEncodeError otherwise (:func:`check_request` says so first, in one line).
+    """
+    out = [(b"Host", head.endpoint.authority.encode("ascii"))]
     for name, value in head.headers:
         lname = name.lower()
         if lname in _FRAMING or lname in HOP_BY_HOP:
@@ -79,6 +132,24 @@ def request_headers(head: RequestHead, proxy_authorization: str | None) -> list[
     if proxy_authorization is not None:
         out.append((b"Proxy-Authorization", proxy_authorization.encode("latin-1")))
     return out
+
+
+def request_event(head: RequestHead, proxy_authorization: str | None, *, absolute_form: bool) -> h11.Request:
+    """The h11 request for ``head``: absolute-form (to a proxy) or origin-form.
+
+    Raises :class:`LocalProtocolError`, one line, if it cannot be written as HTTP/1.1.
+    """
+    target = head.target
+    if absolute_form:
+        # OPTIONS * travels to a proxy as the bare authority (RFC 9112 §3.2.4)
+        target = f"http://{head.endpoint.authority}" + ("" if target == "*" else target)
+    try:
+        return h11.Request(method=head.method.encode("ascii"), target=target.encode("ascii"),
+                           headers=request_headers(head, proxy_authorization))
+    except (h11.LocalProtocolError, UnicodeError) as e:
+        reason = f"{type(e).__name__}: {e}" if isinstance(e, UnicodeError) else str(e)
+        raise LocalProtocolError(f"cannot write {_shown(head.method)} {_shown(target)} as HTTP/1.1 "
+                                 f"({' '.join(reason.split())[:120]})") from None
 
 
 class H1Connection:
@@ -105,17 +176,15 @@ class H1Connection:
                    proxy_authorization: str | None) -> ResponseHead:
         """Send the request and its body; return the response head (1xx skipped).
 
-        Raises :class:`ConnectionLost` (``retryable`` when nothing came back) or
-        :class:`RemoteProtocolError`.
+        Raises :class:`ConnectionLost` (``retryable`` when nothing came back),
+        :class:`RemoteProtocolError`, or :class:`LocalProtocolError` before anything is
+        written when ``head`` cannot be written as HTTP/1.1.
         """
-        target = head.target
-        if self.absolute_form:
-            target = f"http://{head.endpoint.authority}{head.target}"
+        request = request_event(head, proxy_authorization, absolute_form=self.absolute_form)
         w = self.transport
         self.used = True
         try:
-            w.write(self.h11.send(h11.Request(method=head.method, target=target,
-                                              headers=request_headers(head, proxy_authorization))))
+            w.write(self.h11.send(request))
             if body is not None:
                 async for chunk in body:
                     if chunk:
@@ -127,8 +196,8 @@ class H1Connection:
             # a write fails on a connection the peer closed; nothing of a response came back
             raise ConnectionLost(f"{self.name}: connection closed while sending ({e})",
                                  retryable=True) from None
-        except h11.LocalProtocolError as e:
-            raise RemoteProtocolError(f"cannot send request to {self.name}: {e}") from None
+        except h11.LocalProtocolError as e:  # the body broke its own framing: the caller's fault
+            raise LocalProtocolError(f"cannot send the request body to {self.name}: {e}") from None
         got_bytes = False
         while True:
             event, got = await self.next_event()

@@ -31,7 +31,7 @@ from atlantic.pool.exchange import (
     H2ResponseStream, auth_error, h2_connect_headers, h2_request_headers, h2_response_head,
 )
 from atlantic.pool.h2conn import H2Connection, H2Event
-from atlantic.pool.http11 import ConnectionLost, H1Connection, H1ResponseStream
+from atlantic.pool.http11 import ConnectionLost, H1Connection, H1ResponseStream, check_host, check_request
 from atlantic.pool.plan import ConnRecord, PoolKey, PoolPlan
 from atlantic.pool.proxyurl import ProxyConfig, ProxySnapshot, ProxyURLCache, proxy_key
 from atlantic.pool.transport import SocketStream, Transport, open_transport, proxy_tls_context
@@ -137,6 +137,7 @@ class UpstreamPool:
     async def request(self, head: RequestHead,
                       body: AsyncIterator[bytes] | None) -> H1ResponseStream | H2ResponseStream:
         """Send one request; return once the response head is in (see ``api.Pool.request``)."""
+        check_request(head)  # LocalProtocolError before any connection is taken
         await self._ensure_started()
         snap = self.proxy.current
         self.stats.requests += 1
@@ -208,6 +209,7 @@ class UpstreamPool:
         A :class:`SocketStream` (detachable to a plain socket over plain TCP) or an HTTP/2
         stream (``H2Stream``); see ``api.DetachableStream``.
         """
+        check_host(host, port)  # LocalProtocolError: nothing to carry a broken name to a CONNECT line
         await self._ensure_started()
         snap = self.proxy.current
         up = snap.upstream
