@@ -17,9 +17,11 @@ app = typer.Typer(
     help=(
         "Route this whole machine through an upstream proxy (or directly), over warm, "
         "shared connections, without leaks.\n\n"
-        "Start with `sudo atlantic up --upstream http://user:pass@gateway:port`, check with "
+        "Start with `sudo atlantic up --upstream http://user@gateway:port`, check with "
         "`atlantic status`, stop with `sudo atlantic down`. Settings live in "
-        "/etc/atlantic/atlantic.toml (see `atlantic config check`)."
+        "/etc/atlantic/atlantic.toml (see `atlantic config check`); the proxy password goes in "
+        "the file its upstream.password_file names (root's, chmod 600), never on the command line, "
+        "where every local user can read it."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -46,19 +48,26 @@ def _require_root(what: str) -> None:
              f"run `sudo atlantic {what}`")
 
 
-def _load(config: str | None, upstream: str | None = None):
-    from atlantic.client.config import ConfigError, load_config
+PASSWORD_IN_ARGV_WARNING = (
+    "atlantic: warning: a password in --upstream is visible to every local user (ps, /proc); "
+    "put it in the file upstream.password_file names instead")
+
+
+def _load(config: str | None, upstream: str | None = None, *, secrets: bool = True):
+    from atlantic.client.config import ConfigError
+    from atlantic.client.config_check import load_config
+    from atlantic.client.config_upstream import check_upstream_url
     from atlantic.pool.upstream import parse_upstream
 
     try:
-        cfg = load_config(config)
+        cfg = load_config(config, secrets=secrets)
     except ConfigError as exc:
         fail(str(exc))
     if upstream is not None:
-        try:
-            parse_upstream(upstream)
-        except ValueError as exc:
-            fail(f"--upstream: {exc}")
+        if (problem := check_upstream_url(upstream)) is not None:
+            fail(f"--upstream: {problem}")
+        if parse_upstream(upstream).password is not None:
+            typer.echo(PASSWORD_IN_ARGV_WARNING, err=True)
         cfg = cfg.with_upstream(upstream)
     return cfg
 
@@ -67,7 +76,8 @@ def _load(config: str | None, upstream: str | None = None):
 def up(
     upstream: Annotated[Optional[str], typer.Option(
         "--upstream", "-u",
-        help="`direct`, or the proxy URL http://user:pass@host:port (overrides the config file).",
+        help="`direct`, or the proxy URL http://user@host:port (overrides the config file's url; "
+             "the password comes from upstream.password_file: a password here is visible to every local user).",
     )] = None,
     foreground: Annotated[bool, typer.Option(
         "--foreground", help="Run the daemon in this process (as systemd does) instead of in the background.",
@@ -93,7 +103,7 @@ def up(
 def down(config: ConfigOpt = None) -> None:
     """Stop Atlantic and put routing back exactly as it was (safe to run twice, or after a crash)."""
     _require_root("down")
-    cfg = _load(config)
+    cfg = _load(config, secrets=False)
     from atlantic.client import lifecycle
 
     try:
@@ -109,7 +119,7 @@ def status(
     config: ConfigOpt = None,
 ) -> None:
     """Show whether Atlantic is up, where traffic goes, and its counters."""
-    cfg = _load(config)
+    cfg = _load(config, secrets=False)
     from atlantic.client import lifecycle
 
     report = lifecycle.status(cfg)
@@ -152,7 +162,7 @@ def config_check(
     path: Annotated[Optional[Path], typer.Argument(help="File to check (default: the one `atlantic up` would read).")] = None,
 ) -> None:
     """Validate a config file: every problem is printed as one line with the key and what is expected."""
-    from atlantic.client.config import check_config_file, config_path
+    from atlantic.client.config_check import check_config_file, config_path
 
     file, must_exist = config_path(path)
     cfg, problems = check_config_file(file, must_exist)

@@ -5,15 +5,15 @@ names another. Every key has a default, so no file at the default path means "di
 upstream, default device and routing". Command-line flags override the file.
 
 Validation collects every problem (key + what is expected) instead of stopping at the
-first, so ``atlantic config check`` can print them all. The proxy password may live in a
-separate file that must not be world-readable.
+first, so ``atlantic config check`` can print them all. This module reads text (pure);
+``config_check`` holds what touches the file system: which file, its mode, the password
+file, the state directory.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-import stat
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -201,41 +201,6 @@ class _Reader:
             self._bad(key, "unknown key (check the spelling; see `atlantic config check --help`)")
 
 
-def _read_upstream(table: dict[str, Any], problems: list[ConfigProblem]) -> UpstreamConfig:
-    from atlantic.pool.upstream import parse_upstream
-
-    r = _Reader(table, "upstream", problems)
-    url = r.get("url", str, "direct", "a URL: direct, http://user@host:port or https://user@host:port")
-    pw = r.get("password_file", str, None, "a path to a file holding the proxy password")
-    timeout = r.number("connect_timeout_s", 10.0, 0.1, 120)
-    ca = r.get("ca_file", str, None, "a path to a PEM file of CA certificates for an https:// proxy")
-    template = r.get("username_template", str, None,
-                     "a username template such as customer-{user}-cc-{country}-sessid-{session}")
-    country = r.get("country", str, None, "a country code such as us")
-    minutes = r.get("session_minutes", int, None, "whole minutes a sticky session lasts")
-    if minutes is not None and not 1 <= minutes <= 1440:
-        problems.append(ConfigProblem("upstream.session_minutes", f"expected whole minutes from 1 to 1440, got {minutes}"))
-        minutes = None
-    r.unknown_keys()
-    try:
-        parse_upstream(url)
-    except ValueError as exc:
-        problems.append(ConfigProblem("upstream.url", str(exc)))
-        url = "direct"
-    if template is not None:
-        from atlantic.pool.proxyurl import ProxyConfig, render_snapshot
-
-        params = {"country": country} if country else {}
-        try:
-            render_snapshot(ProxyConfig(url, template, params, minutes), 0.0, "session")
-        except ValueError as exc:
-            problems.append(ConfigProblem("upstream.username_template", str(exc)))
-            template = None
-    return UpstreamConfig(url=url, password_file=Path(pw) if pw else None, connect_timeout_s=float(timeout),
-                          ca_file=Path(ca) if ca else None, username_template=template, country=country,
-                          session_minutes=minutes)
-
-
 def _read_pool(table: dict[str, Any], problems: list[ConfigProblem]) -> PoolConfig:
     r = _Reader(table, "pool", problems)
     cfg = PoolConfig(
@@ -289,7 +254,7 @@ def _read_capture(table: dict[str, Any], problems: list[ConfigProblem]) -> Captu
         return str(ipaddress.ip_network(item, strict=False))
 
     def ifname(item) -> str:
-        if not isinstance(item, str) or not 1 <= len(item) <= 15:
+        if not isinstance(item, str) or not is_ifname(item.removesuffix("*")):
             raise ValueError
         return item
 
@@ -304,7 +269,7 @@ def _read_capture(table: dict[str, Any], problems: list[ConfigProblem]) -> Captu
         kill_switch=r.get("kill_switch", bool, True, "true or false"),
         lan=_str_list(r, "lan", "network prefixes such as 192.168.1.0/24", cidr),
         allow_dhcp=r.get("allow_dhcp", bool, False, "true or false"),
-        allow_interfaces=_str_list(r, "allow_interfaces", "interface names (e.g. docker0)", ifname),
+        allow_interfaces=_str_list(r, "allow_interfaces", "interface names (e.g. docker0, br-*)", ifname),
         ports=_str_list(r, "ports", "port numbers from 1 to 65535", port),
         other_ports=_choice(r, "other_ports", ("tunnel", "reject"), "tunnel"),
         dns_resolver=_resolver(r),
@@ -313,17 +278,32 @@ def _read_capture(table: dict[str, Any], problems: list[ConfigProblem]) -> Captu
     return cfg
 
 
+IFNAMSIZ = 16  # <linux/if.h>, with the terminating NUL
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+TUN_PREFIX, TUN_PREFIX6 = 30, 126  # the TUN needs two addresses: its own and the NAT's virtual client
+
+
+def is_ifname(name: str) -> bool:
+    """A Linux interface name: 1-15 bytes of letters, digits, '.', '-', '_' (not . or ..)."""
+    return (0 < len(name.encode()) < IFNAMSIZ and bool(_IFNAME.match(name)) and name.isascii()
+            and name not in (".", ".."))
+
+
 def _read_tun(table: dict[str, Any], problems: list[ConfigProblem]) -> TunConfig:
     r = _Reader(table, "tun", problems)
-    name = r.get("name", str, "atl0", "an interface name of 1-15 characters")
-    if not (1 <= len(name) <= 15) or any(c in name for c in " /:\t\n"):
-        problems.append(ConfigProblem("tun.name", f"expected an interface name of 1-15 characters without spaces, '/' or ':', got {name!r}"))
+    name = r.get("name", str, "atl0", "an interface name of 1-15 letters, digits, '.', '-' or '_'")
+    if not is_ifname(name):
+        problems.append(ConfigProblem("tun.name", f"expected an interface name of 1-15 bytes of letters, digits, "
+                                                  f"'.', '-' or '_' such as atl0, got {name[:40]!r}"))
         name = "atl0"
+    # A wider prefix would route real addresses into the TUN from the main table (/0: everything,
+    # the daemon's own upstream connection included); a narrower one has no room for two hosts.
     address = r.get("address", str, "198.18.0.1/30", "an IPv4 interface address with prefix, e.g. 198.18.0.1/30")
     try:
         iface = ipaddress.IPv4Interface(address)
-        if iface.network.prefixlen > 30:
-            raise ValueError("the prefix must leave room for two hosts (/30 or shorter)")
+        if iface.network.prefixlen != TUN_PREFIX:
+            raise ValueError(f"the prefix must be /{TUN_PREFIX}: the TUN needs two addresses, and a wider "
+                             "prefix routes real addresses into it")
         if iface.ip in (iface.network.network_address, iface.network.broadcast_address):
             raise ValueError("the address must be a host address of its network")
     except ValueError as exc:
@@ -332,8 +312,11 @@ def _read_tun(table: dict[str, Any], problems: list[ConfigProblem]) -> TunConfig
     address6 = r.get("address6", str, "fd00:a71a::1/126", "an IPv6 address with prefix, e.g. fd00:a71a::1/126")
     try:
         iface6 = ipaddress.IPv6Interface(address6)
-        if iface6.network.prefixlen > 126:
-            raise ValueError("the prefix must leave room for two hosts (/126 or shorter)")
+        if iface6.network.prefixlen != TUN_PREFIX6:
+            raise ValueError(f"the prefix must be /{TUN_PREFIX6}: the TUN needs two addresses, and a wider "
+                             "prefix routes real addresses into it")
+        if iface6.ip == iface6.network.network_address:
+            raise ValueError("the address must not be the network's first address")
     except ValueError as exc:
         problems.append(ConfigProblem("tun.address6", f"expected an IPv6 address with prefix such as fd00:a71a::1/126 ({exc})"))
         address6 = "fd00:a71a::1/126"
@@ -358,8 +341,10 @@ def _read_routing(table: dict[str, Any], problems: list[ConfigProblem]) -> Routi
 def _read_daemon(table: dict[str, Any], problems: list[ConfigProblem]) -> DaemonConfig:
     r = _Reader(table, "daemon", problems)
     state_dir = r.get("state_dir", str, "/run/atlantic", "an absolute directory path")
-    if not state_dir.startswith("/"):
-        problems.append(ConfigProblem("daemon.state_dir", f"expected an absolute directory path, got {state_dir!r}"))
+    parts = state_dir.split("/")
+    if not state_dir.startswith("/") or ".." in parts or "\0" in state_dir or len(state_dir) > 200 or state_dir == "/":
+        problems.append(ConfigProblem("daemon.state_dir", f"expected an absolute directory path (no '..', at most "
+                                                          f"200 characters) such as /run/atlantic, got {state_dir[:60]!r}"))
         state_dir = "/run/atlantic"
     level = r.get("log_level", str, "info", "one of " + ", ".join(_LOG_LEVELS))
     if level not in _LOG_LEVELS:
@@ -377,11 +362,16 @@ def parse_config(text: str, source: str = "<config>") -> tuple[Config, list[Conf
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         return Config(source=source), [ConfigProblem("(file)", f"not valid TOML: {exc}")]
+    except RecursionError:  # tomllib recurses once per nesting level
+        return Config(source=source), [ConfigProblem(
+            "(file)", "not usable TOML: arrays or tables nested too deeply; Atlantic's settings nest two levels")]
+    from atlantic.client.config_upstream import read_upstream
+
     sections = {"upstream", "pool", "capture", "tun", "routing", "daemon"}
     for key in sorted(set(raw) - sections):
         problems.append(ConfigProblem(key, "unknown section or key (expected one of: " + ", ".join(sorted(sections)) + ")"))
     cfg = Config(
-        upstream=_read_upstream(_section(raw, "upstream", problems), problems),
+        upstream=read_upstream(_section(raw, "upstream", problems), problems),
         pool=_read_pool(_section(raw, "pool", problems), problems),
         capture=_read_capture(_section(raw, "capture", problems), problems),
         tun=_read_tun(_section(raw, "tun", problems), problems),
@@ -392,74 +382,16 @@ def parse_config(text: str, source: str = "<config>") -> tuple[Config, list[Conf
     return cfg, problems
 
 
-def config_path(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:
-    """Which file to read, and whether the user named it (then it must exist)."""
-    if explicit:
-        return Path(explicit), True
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        return Path(env), True
-    return DEFAULT_CONFIG_PATH, False
 
 
-def check_config_file(path: Path, must_exist: bool) -> tuple[Config, list[ConfigProblem]]:
-    """Read and validate one file, including the password file it names."""
-    if not path.exists():
-        if must_exist:
-            return Config(source=str(path)), [ConfigProblem("(file)", f"{path} does not exist")]
-        return Config(source="defaults"), []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return Config(source=str(path)), [ConfigProblem("(file)", f"cannot read {path}: {exc}")]
-    cfg, problems = parse_config(text, str(path))
-    if cfg.upstream.password_file is not None:
-        try:
-            read_password_file(cfg.upstream.password_file)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    return cfg, problems
+_MOVED = frozenset({"config_path", "check_config_file", "load_config", "read_password_file",
+                    "upstream_url_with_secret"})
 
 
-def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
-    """Load the config from the usual places; raise ConfigError listing every problem."""
-    path, must_exist = config_path(explicit)
-    cfg, problems = check_config_file(path, must_exist)
-    if problems:
-        raise ConfigError(str(path), problems)
-    return cfg
+def __getattr__(name: str):
+    """The file-system half moved to ``config_check``; its names stay importable from here."""
+    if name in _MOVED:
+        from atlantic.client import config_check
 
-
-def read_password_file(path: Path) -> str:
-    """The proxy password from ``path``; refuses a file anyone on the machine can read."""
-    key = "upstream.password_file"
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise ConfigError(str(path), [ConfigProblem(key, f"cannot read {path}: {exc.strerror}")]) from None
-    if st.st_mode & stat.S_IROTH:
-        raise ConfigError(str(path), [ConfigProblem(
-            key, f"{path} is world-readable; run `chmod 600 {path}` so only its owner can read the password")])
-    try:
-        password = path.read_text(encoding="utf-8").strip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [ConfigProblem(key, f"cannot read {path}: {exc}")]) from None
-    if not password:
-        raise ConfigError(str(path), [ConfigProblem(key, f"{path} is empty; it should hold the proxy password")])
-    return password
-
-
-def upstream_url_with_secret(cfg: Config) -> str:
-    """The upstream URL with the password from ``password_file`` filled in, if one is set."""
-    url = cfg.upstream.url
-    if cfg.upstream.password_file is None or url == "direct":
-        return url
-    from urllib.parse import quote
-
-    password = read_password_file(cfg.upstream.password_file)
-    scheme, rest = url.split("://", 1)
-    userinfo, _, hostport = rest.rpartition("@")
-    if not userinfo:
-        raise ConfigError(cfg.source, [ConfigProblem("upstream.url", "a password_file is set but the URL has no user (expected scheme://user@host:port)")])
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:{quote(password, safe='')}@{hostport}"
+        return getattr(config_check, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,29 +1,51 @@
 """The daemon's control socket: one JSON request line in, one JSON reply line out.
 
-``status`` is open to every local user (the socket is world-connectable and the reply
-never holds a secret); ``stop`` needs the caller to be root, checked with SO_PEERCRED.
-The daemon serves the socket from its own threads, not from the event loop: during a
-bulk transfer the loop is busy for milliseconds at a time, and ``status`` must not wait
-for its turn. The client side is plain blocking sockets so ``atlantic status`` answers
-in milliseconds without starting an event loop.
+Who may do what is decided in one place (``SOCKET_GROUP``, ``PUBLIC_COMMANDS``,
+``may_run``, ``redact_for_others``): every local user may connect and ask ``status``,
+and gets a report without the proxy user name or flow destinations; every other command
+(``stop``, ...) needs root, checked with SO_PEERCRED.
+
+No local user can starve root (issue 14). One thread reads every request line at once,
+non-blocking and within ``READ_TIMEOUT_S``, so a silent client costs a file descriptor,
+never a worker; one non-root user holds at most ``MAX_PER_UID`` connections (more are
+closed at once); a complete request goes to one of two workers, one reserved for root,
+so no number of other users' requests delays root's ``status`` or ``stop``.
+
+The daemon serves the socket from these threads, not from the event loop: during a bulk
+transfer the loop is busy for milliseconds at a time, and ``status`` must not wait for
+its turn. The client side is plain blocking sockets so ``atlantic status`` answers in
+milliseconds without starting an event loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
+import queue
+import re
+import selectors
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 MAX_REQUEST = 4096
-READ_TIMEOUT_S = 5.0
-WORKERS = 4  # clients answered at once; more wait in the listen backlog
+READ_TIMEOUT_S = 1.0  # for the whole request line: a real client sends it at once
+WRITE_TIMEOUT_S = 2.0
+MAX_PER_UID = 8  # connections one non-root user may hold open at once
+MAX_OTHERS = 64  # all non-root connections together: bounds the file descriptors they cost
 LISTEN_BACKLOG = 64
+ROOT_UID = 0
+PUBLIC_COMMANDS = frozenset({"status"})  # read-only: what a non-root peer may ask
+# Who may connect: every local user. To restrict the socket to a group (the laptop issue),
+# set this to its name: the socket then becomes root:<group>, mode 0660.
+SOCKET_GROUP: str | None = None
+HIDDEN = "(hidden: run as root to see it)"
 Handler = Callable[[dict], dict]
 
 
@@ -31,8 +53,52 @@ class ControlError(Exception):
     """The daemon could not be asked (not running, or it answered nonsense)."""
 
 
+class ControlTimeout(ControlError):
+    """The daemon's socket took the request but no reply came in time (busy, or stopping)."""
+
+
 class BadRequest(Exception):
     """The client sent something that is not one JSON request line."""
+
+
+def socket_access() -> tuple[int, int | None]:
+    """The control socket's mode and group (None: leave it root's): who may connect at all."""
+    if SOCKET_GROUP is None:
+        return 0o666, None
+    return 0o660, grp.getgrnam(SOCKET_GROUP).gr_gid
+
+
+def may_run(uid: int, cmd: str, public: Iterable[str]) -> bool:
+    """Root may run every command; other users only the read-only ones in ``public``."""
+    return uid == ROOT_UID or cmd in public
+
+
+_PUBLIC_WORDS = frozenset({"state", "version", "tun", "ipv6", "udp_policy"})
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+_USERINFO = re.compile(r"(?<=://)[^/@]*@")
+
+
+def redact_for_others(report: dict) -> dict:
+    """What a non-root peer sees of a reply: numbers, booleans and a few plain words.
+
+    The upstream keeps its scheme, host and port but loses its user name (providers put
+    the customer and session in it); every other string (``last_error`` messages, which
+    name flow destinations, upstream names, ...) is replaced by ``HIDDEN``, and a dict
+    entry whose key is not a plain word (a host name, say) is left out.
+    """
+    return _redact(report, "")
+
+
+def _redact(value, key: str):
+    if isinstance(value, dict):
+        return {k: _redact(v, k) for k, v in value.items() if isinstance(k, str) and _PLAIN_KEY.match(k)}
+    if isinstance(value, (list, tuple)):
+        return [_redact(v, key) for v in value]
+    if isinstance(value, str):
+        if key in ("upstream", "url"):
+            return _USERINFO.sub("", value)
+        return value if key in _PUBLIC_WORDS else HIDDEN
+    return value if value is None or isinstance(value, (bool, int, float)) else HIDDEN
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -41,63 +107,97 @@ def _peer_uid(sock: socket.socket) -> int:
     return uid
 
 
-def _read_line(conn: socket.socket) -> bytes:
-    """The request line (without its newline), read within READ_TIMEOUT_S in all."""
-    deadline = time.monotonic() + READ_TIMEOUT_S
-    data = b""
-    while b"\n" not in data and len(data) <= MAX_REQUEST:
-        conn.settimeout(max(deadline - time.monotonic(), 0.001))  # 0 would mean non-blocking
-        chunk = conn.recv(MAX_REQUEST + 1)  # TimeoutError once the deadline has passed
-        if not chunk:
-            break
-        data += chunk
+def _request_line(data: bytes) -> bytes:
+    """The request line (without its newline) of what was read; BadRequest if too long."""
     line = data.split(b"\n", 1)[0]
     if len(line) > MAX_REQUEST:
         raise BadRequest(f"request longer than {MAX_REQUEST} bytes")
     return line
 
 
+@dataclass(slots=True)
+class _Conn:
+    """One accepted connection: its peer, what it sent so far, and when reading gives up."""
+
+    sock: socket.socket
+    uid: int
+    deadline: float
+    data: bytes = b""
+    error: str | None = None  # set instead of a request when reading failed
+
+
 class ControlServer:
     """Serve ``{"cmd": name, ...}`` requests on ``path`` with ``handlers[name]``.
 
-    A few worker threads each block in ``accept()`` and answer one client at a time, so
-    a client that sends nothing holds up one worker, not the others. Handlers run on the
-    workers: they may read the daemon's objects and hand work to its loop with
+    Non-root peers may run only ``public`` commands (default: every handler not in
+    ``privileged``; the daemon passes ``PUBLIC_COMMANDS``), and see handler replies
+    through ``redact`` (default ``redact_for_others``). Handlers run on the two workers:
+    they may read the daemon's objects and hand work to its loop with
     ``call_soon_threadsafe`` or ``run_coroutine_threadsafe``, and call no other asyncio API.
     """
 
-    def __init__(self, path: Path, handlers: dict[str, Handler], privileged: set[str]):
+    def __init__(self, path: Path, handlers: dict[str, Handler], privileged: Iterable[str] = (), *,
+                 public: Iterable[str] | None = None,
+                 redact: Callable[[dict], dict] | None = redact_for_others):
         self.path = path
         self.handlers = handlers
-        self.privileged = privileged
+        self.public = frozenset(public) if public is not None else frozenset(handlers) - frozenset(privileged)
+        self.redact = redact
         self._listener: socket.socket | None = None
-        self._workers: list[threading.Thread] = []
-        self._open: set[socket.socket] = set()  # connections being answered, for close() to cut short
-        self._lock = threading.Lock()  # guards _open and _closing
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._root_jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._other_jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _per_uid and _closing
+        self._per_uid: dict[int, int] = {}  # open non-root connections by uid
+        self._reading = 0
         self._closing = False
 
+    def __repr__(self) -> str:
+        with self._lock:
+            per_uid = dict(self._per_uid)
+        return (f"<ControlServer reading={self._reading} root_queued={self._root_jobs.qsize()} "
+                f"others_queued={self._other_jobs.qsize()} per_uid={per_uid}>")
+
+    def open_by_uid(self) -> dict[int, int]:
+        """Open non-root connections per uid (for tests and status)."""
+        with self._lock:
+            return dict(self._per_uid)
+
     def start(self) -> None:
-        """Listen on ``path`` (connectable by every local user) and start answering."""
+        """Listen on ``path`` (see ``socket_access``) and start answering."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(self.path))
-            os.chmod(self.path, 0o666)
+            mode, gid = socket_access()
+            if gid is not None:
+                os.chown(self.path, ROOT_UID, gid)
+            os.chmod(self.path, mode)
             listener.listen(LISTEN_BACKLOG)
+            listener.setblocking(False)
         except BaseException:
             listener.close()
             raise
         self._listener = listener
-        self._workers = [threading.Thread(target=self._serve_forever, name=f"atlantic-control-{i}", daemon=True)
-                         for i in range(WORKERS)]
-        for worker in self._workers:
-            worker.start()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._threads = [
+            threading.Thread(target=self._read_forever, name="atlantic-control-read", daemon=True),
+            threading.Thread(target=self._work_forever, args=(self._root_jobs,), name="atlantic-control-root",
+                             daemon=True),
+            threading.Thread(target=self._work_forever, args=(self._other_jobs,), name="atlantic-control-users",
+                             daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop accepting, cut short requests still being read, and join the workers (bounded).
+        """Stop accepting, answer requests still being read with an error, join the threads (bounded).
 
-        Only the reading side is shut, so a reply being written (to ``stop``, say) still goes out.
+        A request already read is still answered (the reply to ``stop``, say).
 
         Blocking: from the event loop, call it with ``asyncio.to_thread``.
         """
@@ -105,64 +205,162 @@ class ControlServer:
             return
         with self._lock:
             self._closing = True
-            for conn in self._open:
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RD)
-        self._listener.shutdown(socket.SHUT_RDWR)  # wakes every blocked accept()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
         deadline = time.monotonic() + timeout
-        for worker in self._workers:
-            worker.join(max(deadline - time.monotonic(), 0))
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(deadline - time.monotonic(), 0))
         self._listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
         self._listener = None
 
-    def _serve_forever(self) -> None:
+    # ---- the reader: accepts and reads every connection, never blocks ----
+
+    def _read_forever(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ, None)
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        reading: dict[socket.socket, _Conn] = {}
+        try:
+            while not self._closing:
+                now = time.monotonic()
+                wait = min((c.deadline for c in reading.values()), default=now + 1.0) - now
+                for key, _ in sel.select(max(wait, 0.0)):
+                    if key.fileobj is self._listener:
+                        self._accept_all(sel, reading)
+                    elif key.fileobj is self._wake_r:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(64)
+                    else:
+                        self._read_some(sel, reading, reading[key.fileobj])
+                now = time.monotonic()
+                for conn in [c for c in reading.values() if c.deadline <= now]:
+                    conn.error = f"bad request: no request line within {READ_TIMEOUT_S:g} s"
+                    self._finish_reading(sel, reading, conn)
+            for conn in list(reading.values()):
+                conn.error = "bad request: the daemon is stopping; no request line was read"
+                self._finish_reading(sel, reading, conn)
+        finally:
+            sel.close()
+            self._root_jobs.put(None)
+            self._other_jobs.put(None)
+
+    def _accept_all(self, sel: selectors.BaseSelector, reading: dict) -> None:
         while True:
             try:
-                conn, _ = self._listener.accept()
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
-                if self._closing:
-                    return
-                time.sleep(0.1)  # out of file descriptors, say: try again shortly
-                continue
-            with self._lock:
-                if self._closing:
-                    conn.close()
-                    return
-                self._open.add(conn)
+                return  # out of file descriptors, say: the next wake-up tries again
             try:
-                conn.sendall(json.dumps(self._reply(conn)).encode() + b"\n")
+                uid = _peer_uid(sock)
             except OSError:
-                pass  # the client went away
-            finally:
-                with self._lock:
-                    self._open.discard(conn)
-                    conn.close()
+                sock.close()
+                continue
+            if uid != ROOT_UID and not self._admit(uid):
+                _send_now(sock, {"error": f"too many connections from uid {uid}; close some and try again"})
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock, uid, time.monotonic() + READ_TIMEOUT_S)
+            reading[sock] = conn
+            self._reading = len(reading)
+            sel.register(sock, selectors.EVENT_READ, None)
 
-    def _reply(self, conn: socket.socket) -> dict:
+    def _admit(self, uid: int) -> bool:
+        with self._lock:
+            held = self._per_uid.get(uid, 0)
+            if held >= MAX_PER_UID or sum(self._per_uid.values()) >= MAX_OTHERS:
+                return False
+            self._per_uid[uid] = held + 1
+            return True
+
+    def _release(self, uid: int) -> None:
+        if uid == ROOT_UID:
+            return
+        with self._lock:
+            left = self._per_uid.get(uid, 1) - 1
+            if left > 0:
+                self._per_uid[uid] = left
+            else:
+                self._per_uid.pop(uid, None)
+
+    def _read_some(self, sel: selectors.BaseSelector, reading: dict, conn: _Conn) -> None:
         try:
-            request = json.loads(_read_line(conn))
-        except TimeoutError:
-            return {"error": f"bad request: no request line within {READ_TIMEOUT_S:g} s"}
+            chunk = conn.sock.recv(MAX_REQUEST + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        conn.data += chunk
+        if not chunk or b"\n" in conn.data or len(conn.data) > MAX_REQUEST:
+            self._finish_reading(sel, reading, conn)
+
+    def _finish_reading(self, sel: selectors.BaseSelector, reading: dict, conn: _Conn) -> None:
+        sel.unregister(conn.sock)
+        del reading[conn.sock]
+        self._reading = len(reading)
+        (self._root_jobs if conn.uid == ROOT_UID else self._other_jobs).put(conn)
+
+    # ---- the workers: one for root, one for everyone else ----
+
+    def _work_forever(self, jobs: queue.SimpleQueue) -> None:
+        while (conn := jobs.get()) is not None:
+            try:
+                reply = self._reply(conn)
+                conn.sock.setblocking(True)
+                conn.sock.settimeout(WRITE_TIMEOUT_S)
+                conn.sock.sendall(json.dumps(reply).encode() + b"\n")
+            except Exception:  # noqa: BLE001 - the client went away, or a reply would not encode
+                pass
+            finally:
+                conn.sock.close()
+                self._release(conn.uid)
+
+    def _reply(self, conn: _Conn) -> dict:
+        if conn.error is not None:
+            return {"error": conn.error}
+        try:
+            request = json.loads(_request_line(conn.data))
         except BadRequest as exc:
             return {"error": f"bad request: {exc}"}
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the parser's limit
             request = None
         if not isinstance(request, dict):
             return {"error": 'bad request: send one JSON object on one line, like {"cmd": "status"}'}
         cmd = request.get("cmd")
         handler = self.handlers.get(cmd) if isinstance(cmd, str) else None
         if handler is None:
-            return {"error": f"unknown command {cmd!r}"}
-        if cmd in self.privileged and _peer_uid(conn) != 0:
+            shown = repr(cmd)
+            return {"error": f"unknown command {shown if len(shown) <= 80 else shown[:77] + '...'}"}
+        if not may_run(conn.uid, cmd, self.public):
             return {"error": f"`{cmd}` needs root: run it with sudo"}
         try:
-            return handler(request)
+            reply = handler(request)
         except Exception as exc:  # noqa: BLE001 - the client gets one line, the daemon goes on
-            return {"error": f"`{cmd}` failed: {str(exc) or type(exc).__name__}"}
+            detail = (str(exc) or type(exc).__name__) if conn.uid == ROOT_UID else type(exc).__name__
+            return {"error": f"`{cmd}` failed: {detail}"}
+        if conn.uid != ROOT_UID and self.redact is not None and isinstance(reply, dict):
+            return self.redact(reply)
+        return reply
+
+
+def _send_now(sock: socket.socket, reply: dict) -> None:
+    """Best effort, never blocking: a refusal the peer may read before the close."""
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        sock.send(json.dumps(reply).encode() + b"\n")
 
 
 def request(path: Path, cmd: str, timeout: float = 2.0, **args) -> dict:
-    """Send one command to the daemon at ``path`` and return its reply."""
+    """Send one command to the daemon at ``path`` and return its reply.
+
+    Raises ControlTimeout when the socket took the request but no reply came within
+    ``timeout``, ControlError when the daemon cannot be reached or answers nonsense.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
@@ -176,11 +374,13 @@ def request(path: Path, cmd: str, timeout: float = 2.0, **args) -> dict:
                 chunks.append(chunk)
         except (FileNotFoundError, ConnectionRefusedError):
             raise ControlError("the daemon is not running") from None
+        except TimeoutError:
+            raise ControlTimeout(f"the daemon at {path} did not answer within {timeout:g} s") from None
         except OSError as exc:
             raise ControlError(f"cannot reach the daemon at {path}: {exc}") from None
     try:
         reply = json.loads(b"".join(chunks))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ControlError(f"the daemon at {path} sent an unreadable reply") from None
     if not isinstance(reply, dict):
         raise ControlError(f"the daemon at {path} sent an unreadable reply")

@@ -21,8 +21,8 @@ import time
 
 from atlantic import __version__
 from atlantic.client.config import Config
-from atlantic.client.control import ControlServer
-from atlantic.client.state import StatePaths, remove_state, write_state
+from atlantic.client.control import PUBLIC_COMMANDS, ControlServer
+from atlantic.client.state import StatePaths, load_fakeip, remove_state, write_state
 from atlantic.forwarder.dispatch import Dispatcher
 from atlantic.pool.upstream import Upstream, parse_upstream
 from atlantic.dns import fakeip
@@ -147,7 +147,7 @@ class Daemon:
 
     def _make_dns(self) -> DnsInterceptor:
         """Fake-IP DNS (through a proxy) or forwarding over marked connections (direct)."""
-        self.fake_pool = fakeip.load(self.paths.dir / "fakeip.json", time.monotonic(),
+        self.fake_pool = load_fakeip(self.paths.fakeip_file, time.monotonic(),
                                      v6=None if self.ipv6 == "blocked" else fakeip.DEFAULT_V6)
         return DnsInterceptor(
             self.fake_pool, open_tunnel=lambda host, port: self.pool.open_tunnel(host, port),
@@ -291,7 +291,7 @@ class Daemon:
         return ControlServer(self.paths.control_socket, {
             "status": lambda _req: self.status_from_thread(),
             "stop": lambda _req: self._stop(),
-        }, privileged={"stop"})
+        }, public=PUBLIC_COMMANDS)
 
     def _stop(self) -> dict:
         """Ask the loop to stop; safe from any thread (signal handlers and the control socket)."""

@@ -3,12 +3,15 @@
 ``up`` starts the daemon as a child process in its own session (stdout/stderr to a log
 file in the namespace's state directory) and returns once the daemon answers ``status``
 with ``up``; ``--foreground`` runs it in this process (systemd). ``down`` asks the daemon
-to stop, and then, whether it answered or not, undoes what the state file records, so
-it also works after ``kill -9``, twice in a row, or with nothing up.
+to stop (or, if its socket does not answer, sends SIGTERM: the same drain), waits for it
+to exit, and then undoes what the state file records, so it also works after ``kill -9``,
+twice in a row, or with nothing up. SIGKILL is the last resort for a daemon that has not
+exited ``STOP_TIMEOUT_S`` after being asked, never the answer to a busy control socket.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,13 +19,23 @@ import sys
 import time
 from pathlib import Path
 
-from atlantic.client.config import Config, upstream_url_with_secret
-from atlantic.client.control import ControlError, request
-from atlantic.client.state import StatePaths, is_daemon_alive, read_state, remove_state
+from atlantic.client.config import Config
+from atlantic.client.config_check import upstream_url_with_secret
+from atlantic.client.control import ControlError, ControlTimeout, request
+from atlantic.client.state import (
+    StateDirError,
+    StatePaths,
+    is_daemon_alive,
+    open_log,
+    read_state,
+    remove_state,
+)
 
 UPSTREAM_ENV = "ATLANTIC_UPSTREAM_URL"  # the child reads the URL here: argv is world-readable
 START_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 10.0
+STOP_REQUEST_TIMEOUT_S = 5.0  # for the reply to `stop`; then SIGTERM asks the same thing
+STOP_TIMEOUT_S = 30.0  # the daemon's own drain and restore are bounded well below this
+STATUS_TIMEOUT_S = 2.0
 
 
 class LifecycleError(Exception):
@@ -40,6 +53,7 @@ def run_foreground(cfg: Config) -> None:
     _refuse_if_running(cfg)
     cleanup_leftovers(cfg)
     url = os.environ.pop(UPSTREAM_ENV, None) or _secret_url(cfg)
+    os.umask(0o077)  # whatever the daemon writes (state, fake-IP map) is root's alone
     run_daemon(cfg, url)
 
 
@@ -59,34 +73,65 @@ def _refuse_if_running(cfg: Config) -> None:
 
 
 def start_background(cfg: Config, config_arg: str | None) -> dict:
-    """Start the daemon in the background; return its status once traffic can flow."""
+    """Start the daemon in the background; return its status once traffic can flow.
+
+    If the daemon runs but its control socket never answered in time (busy), it is left
+    running and the error says so; a daemon that answered but never came up is stopped
+    the usual way (SIGTERM: drain and restore).
+    """
     _refuse_if_running(cfg)
     paths = _paths(cfg)
-    paths.dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, **{UPSTREAM_ENV: _secret_url(cfg)})
+    try:
+        log_fd = open_log(paths)
+    except (StateDirError, OSError) as exc:
+        raise LifecycleError(str(exc)) from None
     argv = [sys.executable, "-m", "atlantic", "up", "--foreground"]
     if config_arg:
         argv += ["--config", config_arg]
-    env = dict(os.environ, **{UPSTREAM_ENV: _secret_url(cfg)})
-    with open(paths.log_file, "ab") as log:
+    with os.fdopen(log_fd, "ab") as log:
         child = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,
         )
     deadline = time.monotonic() + START_TIMEOUT_S
+    busy = False  # the last poll reached the socket but got no reply in time
     while time.monotonic() < deadline:
         code = child.poll()
         if code is not None:
             raise LifecycleError(f"the daemon exited ({code}): {_last_line(paths.log_file)}")
         try:
             reply = request(paths.control_socket, "status", timeout=1.0)
+            busy = False
             if reply.get("state") == "up" and reply.get("pid") == child.pid:
                 return reply
+        except ControlTimeout:
+            busy = True
         except ControlError:
-            pass
+            busy = False
         time.sleep(0.05)
-    child.kill()
+    if busy and child.poll() is None:
+        raise LifecycleError(
+            f"the daemon (pid {child.pid}) runs but its control socket did not answer within "
+            f"{START_TIMEOUT_S:.0f} s, so it was left running: check `sudo atlantic status`, "
+            "or stop it with `sudo atlantic down`")
+    _terminate(child.pid, lambda: child.poll() is not None)  # a daemon that answered but never came up
     child.wait(5)
     cleanup_leftovers(cfg)
     raise LifecycleError(f"the daemon did not come up within {START_TIMEOUT_S:.0f} s; see {paths.log_file}")
+
+
+def _terminate(pid: int, has_exited, signal_first: bool = True) -> bool:
+    """SIGTERM unless it was asked already (the daemon drains and restores either way),
+    then SIGKILL if it has not exited within ``STOP_TIMEOUT_S``. True when it was killed."""
+    if signal_first:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if _wait(has_exited, STOP_TIMEOUT_S):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _wait(has_exited, 2.0)
+    return True
 
 
 def _last_line(path: Path) -> str:
@@ -104,27 +149,34 @@ def stop(cfg: Config) -> str:
     if state is None:
         return "Atlantic is not up; nothing to restore."
     pid = int(state.get("pid", 0))
+    killed = False
     if pid and is_daemon_alive(pid):
-        try:
-            request(paths.control_socket, "stop", timeout=STOP_TIMEOUT_S)
-        except ControlError:
-            pass
-        if not _wait_exit(pid, STOP_TIMEOUT_S):
-            os.kill(pid, signal.SIGKILL)
-            _wait_exit(pid, 2.0)
+        killed = _terminate(pid, lambda: not is_daemon_alive(pid), signal_first=not _ask_to_stop(paths, pid))
     failures = cleanup_leftovers(cfg)
     if failures:
         raise LifecycleError("could not restore everything: " + "; ".join(failures))
+    if killed:
+        return (f"Atlantic is down; routing is as it was before (the daemon did not exit within "
+                f"{STOP_TIMEOUT_S:.0f} s and was killed: its fake-IP names were not saved; see {paths.log_file}).")
     return "Atlantic is down; routing is as it was before."
 
 
-def _wait_exit(pid: int, timeout: float) -> bool:
+def _ask_to_stop(paths: StatePaths, pid: int) -> bool:
+    """True when the daemon took ``stop`` over its socket; False when it must be signalled."""
+    try:
+        reply = request(paths.control_socket, "stop", timeout=STOP_REQUEST_TIMEOUT_S)
+    except ControlError:
+        return False
+    return reply.get("state") == "stopping" and reply.get("pid") in (pid, None)
+
+
+def _wait(has_exited, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not is_daemon_alive(pid):
+        if has_exited():
             return True
         time.sleep(0.02)
-    return False
+    return has_exited()
 
 
 def cleanup_leftovers(cfg: Config) -> list[str]:
@@ -156,15 +208,21 @@ def cleanup_leftovers(cfg: Config) -> list[str]:
 
 
 def status(cfg: Config) -> dict:
-    """The daemon's status, or a ``down`` report saying why (never raises)."""
+    """The daemon's status, or a ``down`` report saying why (never raises).
+
+    The state file is root's alone: another user asks the socket directly (it answers
+    with a report without secrets) and, when it does not answer, is told to ask as root.
+    """
     paths = _paths(cfg)
     state = read_state(paths)
-    if state is None:
+    if state is None and not paths.control_socket.exists():
         return {"state": "down"}
-    pid = int(state.get("pid", 0))
     try:
-        return request(paths.control_socket, "status", timeout=2.0)
+        return request(paths.control_socket, "status", timeout=STATUS_TIMEOUT_S)
     except ControlError as exc:
+        if state is None:
+            return {"state": "down", "problem": f"the daemon does not answer ({exc}); `sudo atlantic status` tells more"}
+        pid = int(state.get("pid", 0))
         alive = is_daemon_alive(pid)
         return {
             "state": "down",

@@ -13,11 +13,12 @@ import sys
 
 def _fast_status(as_json: bool) -> int:
     """`atlantic status [--json]` without importing typer or rich: answers in milliseconds."""
-    from atlantic.client.config import ConfigError, load_config
+    from atlantic.client.config import ConfigError
+    from atlantic.client.config_check import load_config
     from atlantic.client.lifecycle import status as daemon_status
 
     try:
-        cfg = load_config()
+        cfg = load_config(secrets=False)  # status needs no password (and others cannot read it)
     except ConfigError as exc:
         print(f"atlantic: {exc}", file=sys.stderr)
         return 1

@@ -52,6 +52,7 @@ def test_config_check_good_file_hides_password(tmp_path):
     """A good file checks OK and the summary never shows the password."""
     f = tmp_path / "good.toml"
     f.write_text('[upstream]\nurl = "http://alice:hunter2@10.1.2.3:3128"\n')
+    f.chmod(0o600)  # an inline password is refused in a file others can read (issue 14)
     res = run("config", "check", str(f))
     assert res.returncode == 0, res.stderr
     assert "OK" in res.stdout and "hunter2" not in res.stdout and "alice" in res.stdout

@@ -115,6 +115,7 @@ def test_load_config_env_and_explicit(tmp_path, monkeypatch):
     """ATLANTIC_CONFIG names the file; --config overrides it; a named file must exist."""
     f = tmp_path / "a.toml"
     f.write_text('[upstream]\nurl = "http://u:p@127.0.0.1:3128"\n')
+    f.chmod(0o600)  # an inline password is refused in a file others can read (issue 14)
     monkeypatch.setenv("ATLANTIC_CONFIG", str(f))
     assert load_config().upstream.url == "http://u:p@127.0.0.1:3128"
     g = tmp_path / "b.toml"
