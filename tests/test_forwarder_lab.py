@@ -50,6 +50,7 @@ def up(lab, tmp_path):
         cfg = tmp_path / "atlantic.toml"
         keys = "".join(f'{k} = "{v}"\n' for k, v in upstream_keys.items())
         cfg.write_text(f'[upstream]\nurl = "{url}"\n{keys}')
+        cfg.chmod(0o600)  # the URL holds the proxy password
         atlantic(lab, "down")
         res = atlantic(lab, "up", "--config", str(cfg))
         assert res.returncode == 0, res.stderr
