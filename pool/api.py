@@ -175,6 +175,14 @@ class Pool(Protocol):
         ``port`` not 1-65535."""
         ...
 
+    async def start(self) -> None:
+        """Start the background work (idle expiry, warm connections); requests also do."""
+        ...
+
+    def drain(self) -> None:
+        """Close idle and warm connections: new flows go to another upstream now."""
+        ...
+
     def counters(self) -> dict:
         """Counters for ``status`` (requests, connections_opened, reused, h2_streams, ...)."""
         ...

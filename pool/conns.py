@@ -135,6 +135,12 @@ class ConnectionSet:
             self.drop(rec)
         return len(gone) + len(stale)
 
+    def drop_idle(self) -> int:
+        """Close every connection carrying nothing now (busy ones finish their work); how many."""
+        idle = [rec for rec in self._live if rec.is_idle()]
+        self.drop_all(idle)
+        return len(idle)
+
     def close_all(self) -> list[Connection]:
         """Forget every connection (the plan sees each closed once); the caller closes them."""
         conns = list(self._live.items())

@@ -120,6 +120,12 @@ class UpstreamPool:
             self._close_later(conn)
         await self._tasks.aclose(_CLOSE_TIMEOUT_S)
 
+    def drain(self) -> None:
+        """New flows go elsewhere now (another upstream took over): close the idle and warm
+        connections; requests and tunnels under way finish on theirs."""
+        self.warm.close_all()
+        self.conns.drop_idle()
+
     def _close_later(self, conn: Connection) -> None:
         """Close ``conn`` in the pool's close group (at once if no task can run any more)."""
         if not self._tasks.spawn_close(conn.aclose, "closing a connection"):

@@ -85,9 +85,7 @@ class UpstreamSet:
         self.choice = choice
         if old.index is not None and old.index != choice.index:
             self.failovers += 1
-            drain = getattr(self.pools[old.index], "drain", None)
-            if drain is not None:
-                drain()
+            self.pools[old.index].drain()
 
     # ---- the flows' side (hot path) ----
     def _current(self) -> tuple[int, Pool]:
@@ -146,9 +144,7 @@ class UpstreamSet:
     async def start(self) -> None:
         """Start every pool's background work."""
         for pool in self.pools:
-            start = getattr(pool, "start", None)
-            if start is not None:
-                await start()
+            await pool.start()
 
     async def aclose(self) -> None:
         """Close every pool (each bounded)."""

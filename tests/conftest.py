@@ -16,7 +16,7 @@ import subprocess
 from collections import Counter
 
 import pytest
-from atlantic_lab import LAB_ENV, lab_required, lab_unavailable
+from atlantic_lab import LAB_ENV, atlantic, lab_required, lab_unavailable, status
 
 from atlantic.lab import LabEnv, LabError, acquire, missing_tools, ns_exec_argv, release
 
@@ -158,3 +158,25 @@ def in_ns(lab):
         return ns_run(ns, argv, timeout=timeout, env={**lab_env, **kw.pop("env", {})}, **kw)
 
     return run
+
+
+@pytest.fixture
+def up(lab, tmp_path):
+    """Start Atlantic in the client namespace with a given upstream (and CA); always down after."""
+    started = []
+
+    def start(url: str, **upstream_keys) -> dict:
+        cfg = tmp_path / "atlantic.toml"
+        cfg.touch(mode=0o600)  # the URL holds the proxy password
+        keys = "".join(f'{k} = "{v}"\n' for k, v in upstream_keys.items())
+        cfg.write_text(f'[upstream]\nurl = "{url}"\n{keys}')
+        atlantic(lab, "down")
+        res = atlantic(lab, "up", "--config", str(cfg))
+        assert res.returncode == 0, res.stderr
+        started.append(True)
+        return status(lab)
+
+    yield start
+    if started:
+        res = atlantic(lab, "down")
+        assert res.returncode == 0, res.stderr

@@ -10,35 +10,13 @@ import time
 
 import pytest
 
-from atlantic_lab import atlantic, status
+from atlantic_lab import status
 
 pytestmark = pytest.mark.lab
 
 FLOWS = 1000
 HTTPS_FLOWS = 500
 BURST_DEADLINE_S = 240  # the burst cuts its open flows here: the test cannot hang
-
-
-@pytest.fixture
-def up(lab, tmp_path):
-    """Start Atlantic in the client namespace with a given upstream (and CA); always down after."""
-    started = []
-
-    def start(url: str, **upstream_keys) -> dict:
-        cfg = tmp_path / "atlantic.toml"
-        cfg.touch(mode=0o600)  # the URL holds the proxy password
-        keys = "".join(f'{k} = "{v}"\n' for k, v in upstream_keys.items())
-        cfg.write_text(f'[upstream]\nurl = "{url}"\n{keys}')
-        atlantic(lab, "down")
-        res = atlantic(lab, "up", "--config", str(cfg))
-        assert res.returncode == 0, res.stderr
-        started.append(True)
-        return status(lab)
-
-    yield start
-    if started:
-        res = atlantic(lab, "down")
-        assert res.returncode == 0, res.stderr
 
 
 def settled_status(lab, timeout: float = 30.0) -> dict:

@@ -6,36 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import resource
 import socket
-import ssl
 
+from dispatch_peers import client_hello, dispatching, echo_server, to
 from http1_peers import LoopbackPool, Origin, read_response
 
 from atlantic.forwarder.dispatch import FDS_PER_FLOW, Dispatcher, default_max_flows, raise_nofile_limit
 from atlantic.forwarder.http1 import HttpCounters, serve_http
-from atlantic.pool.pool import UpstreamPool
 from atlantic.pool.upstream import parse_upstream
 
 
 def run(coro, limit: float = 20.0):
     """Run ``coro`` bounded by ``limit`` seconds (only so that a hang fails, never a timing)."""
     return asyncio.run(asyncio.wait_for(coro, limit))
-
-
-@functools.cache
-def client_hello() -> bytes:
-    """The first flight of a real Python TLS client (a ClientHello, SNI example.test)."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="example.test")
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
 
 
 @contextlib.contextmanager
@@ -77,40 +62,6 @@ def test_default_max_flows_leaves_room_for_the_daemon():
 
 # ---- the flow cap ----
 
-@contextlib.asynccontextmanager
-async def echo_server():
-    """A TCP echo server on loopback; yields its port."""
-    async def echo(r, w):
-        with contextlib.suppress(ConnectionError):
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        w.close()
-
-    srv = await asyncio.start_server(echo, "127.0.0.1", 0)
-    try:
-        yield srv.sockets[0].getsockname()[1]
-    finally:
-        srv.close()
-
-
-@contextlib.asynccontextmanager
-async def dispatching(port: int, **kw):
-    """A Dispatcher over a ``direct`` pool on a loopback listener, every flow going to
-    127.0.0.1:``port``; yields (dispatcher, listening port)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.setblocking(False)
-    async with UpstreamPool("direct", warm_tunnels=0) as pool:
-        d = Dispatcher(parse_upstream("direct"), lambda nat: (("127.0.0.1", nat), ("127.0.0.1", port)), pool,
-                       idle_timeout=30.0, **kw)
-        await d.serve(listener)
-        try:
-            yield d, listener.getsockname()[1]
-        finally:
-            await d.aclose(2.0)
-            listener.close()
-
-
 async def until(predicate, steps: int = 500) -> None:
     """Let the loop run until ``predicate()`` holds (bounded)."""
     for _ in range(steps):
@@ -140,7 +91,7 @@ def test_flows_beyond_max_flows_are_reset_at_once_counted_and_shown(caplog):
     """With max_flows open, a new flow is reset at once, counted, logged once with the limit; one ending makes room."""
 
     async def main():
-        async with echo_server() as echo, dispatching(echo, max_flows=2) as (d, port):
+        async with echo_server() as echo, dispatching(to(echo), max_flows=2) as (d, port):
             first, second = await tunnel(port), await tunnel(port)
             refused = []
             for _ in range(3):
@@ -170,7 +121,7 @@ def test_status_shows_the_limits_derived_from_the_descriptor_limit():
     async def main():
         async with echo_server() as echo:
             with nofile(1024):
-                async with dispatching(echo, head_timeout=12.5) as (d, _):
+                async with dispatching(to(echo), head_timeout=12.5) as (d, _):
                     return d.counters()
 
     limits = run(main())["limits"]
@@ -254,7 +205,7 @@ def test_dispatcher_applies_its_head_timeout_to_http_flows():
     """A Dispatcher's head_timeout reaches its HTTP flows: a stalled head gets 408, counted in status."""
 
     async def go():
-        async with echo_server() as echo, dispatching(echo, head_timeout=0.3) as (d, port):
+        async with echo_server() as echo, dispatching(to(echo), head_timeout=0.3) as (d, port):
             r, w = await asyncio.open_connection("127.0.0.1", port)
             w.write(b"GET / HTTP/1.1\r\nHost: a\r\n")  # and then nothing
             status = (await read_response(r))[0]
@@ -304,7 +255,7 @@ def test_a_bug_meeting_many_flows_is_one_kind(caplog):
         def lookup(nat_port):
             raise RuntimeError(f"no entry for port {nat_port}")
 
-        async with echo_server() as echo, dispatching(echo) as (d, port):
+        async with echo_server() as echo, dispatching(to(echo)) as (d, port):
             d.lookup = lookup
             for _ in range(4):
                 r, w = await asyncio.open_connection("127.0.0.1", port)

@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.lab
 
-from atlantic_lab import atlantic, ns_run, status
+from atlantic_lab import ns_run, status
 
 from atlantic.lab.workloads import DEBIAN_YTDLP
 
@@ -39,28 +39,6 @@ def squid_lines_for(lab, start: int, needle: str, want: int, timeout: float = 10
         if len(lines) >= want or time.monotonic() > deadline:
             return lines
         time.sleep(0.1)
-
-
-@pytest.fixture
-def up(lab, tmp_path):
-    """Start Atlantic in the client namespace with a given upstream (and CA); always down after."""
-    started = []
-
-    def start(url: str, **upstream_keys) -> dict:
-        cfg = tmp_path / "atlantic.toml"
-        keys = "".join(f'{k} = "{v}"\n' for k, v in upstream_keys.items())
-        cfg.write_text(f'[upstream]\nurl = "{url}"\n{keys}')
-        cfg.chmod(0o600)  # the URL holds the proxy password
-        atlantic(lab, "down")
-        res = atlantic(lab, "up", "--config", str(cfg))
-        assert res.returncode == 0, res.stderr
-        started.append(True)
-        return status(lab)
-
-    yield start
-    if started:
-        res = atlantic(lab, "down")
-        assert res.returncode == 0, res.stderr
 
 
 def test_30_new_connections_ride_one_upstream_connection(lab, up):

@@ -282,3 +282,14 @@ def test_closed_pool_refuses_new_requests_in_one_line():
         assert "closed" in str(info.value) and "\n" not in str(info.value)
 
     run(main())
+
+
+def test_drop_idle_closes_the_idle_ones_and_leaves_busy_ones_working():
+    """Draining (another upstream took over): idle connections close once, a busy one stays."""
+    conns, plan, closed = make()
+    busy_rec, busy = opened(conns)
+    idle_rec, idle = opened(conns)  # a second connection: the first is busy
+    conns.released(idle_rec, 1.0, reusable=True)
+    assert conns.drop_idle() == 1
+    assert closed == [idle] and plan.closes[idle_rec.id] == 1
+    assert conns.get(busy_rec) is busy and not busy_rec.is_closed()

@@ -10,7 +10,6 @@ import struct
 import pytest
 
 from atlantic.pool.splice import RelayCounters, RelayEnd, relay
-from atlantic.pool.upstream import DIRECT
 
 
 def run(coro, timeout=60.0):

@@ -9,29 +9,12 @@ import ssl
 
 import pytest
 
-from atlantic.lab.pki import make_ca, make_server_cert
+from test_pool_h2 import pki, run  # noqa: F401 - pki is a fixture the TLS test uses
+from test_pool_splice import app_pair, receive
+
 from atlantic.pool.errors import UpstreamUnreachableError
 from atlantic.pool.splice import RelayEnd
 from atlantic.pool.transport import READ_LIMIT, SocketStream, Transport, open_transport
-
-TIMEOUT = 15
-
-
-def run(coro):
-    """Run one test coroutine, bounded in time."""
-    async def bounded():
-        async with asyncio.timeout(TIMEOUT):
-            return await coro
-    return asyncio.run(bounded())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A throwaway CA and a localhost certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    ca = make_ca(d)
-    crt, key = make_server_cert(d, "srv", "localhost", "127.0.0.1")
-    return str(ca), str(crt), str(key)
 
 
 @contextlib.asynccontextmanager
@@ -166,31 +149,6 @@ def test_abort_gives_the_peer_a_reset():
     assert isinstance(run(main()), ConnectionResetError)
 
 
-@contextlib.contextmanager
-def app_pair():
-    """A connected loopback TCP pair: (the socket bytes are spliced to, its peer)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    peer = socket.create_connection(listener.getsockname())
-    app, _ = listener.accept()
-    listener.close()
-    for s in (app, peer):
-        s.setblocking(False)
-    try:
-        yield app, peer
-    finally:
-        app.close()
-        peer.close()
-
-
-async def receive(sock: socket.socket, n: int) -> bytes:
-    """Exactly ``n`` bytes from ``sock`` (less only if it ends first)."""
-    loop = asyncio.get_running_loop()
-    data = bytearray()
-    while len(data) < n and (piece := await loop.sock_recv(sock, n - len(data))):
-        data += piece
-    return bytes(data)
-
-
 def test_splice_to_moves_exactly_count_bytes_and_leaves_the_connection_usable():
     """Buffered bytes go first, exactly ``count`` bytes reach ``dst``, the next bytes stay
     readable and the connection still carries a request afterwards."""
@@ -210,7 +168,7 @@ def test_splice_to_moves_exactly_count_bytes_and_leaves_the_connection_usable():
             t = await connect(port)
             assert await read_exactly(t, 4) == b"head"
             await until(t.is_peer_closed)  # some of the body is buffered here already
-            with app_pair() as (app, peer):
+            async with app_pair() as (app, peer):
                 got = asyncio.ensure_future(receive(peer, size))
                 result = await t.splice_to(app, size, first=b"")
                 assert result.end is RelayEnd.CLOSED
@@ -273,7 +231,7 @@ def test_tls_transport_negotiates_alpn_and_never_detaches_or_splices(pki):
             assert stream.socket is None and stream.detach() is None
             await stream.write(b"over tls")
             assert await read_exactly(t, 8) == b"over tls"
-            with app_pair() as (app, _):
+            async with app_pair() as (app, _):
                 assert (await t.splice_to(app, 1)).end is RelayEnd.UPSTREAM_RESET
             await stream.aclose()
 
