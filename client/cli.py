@@ -53,7 +53,8 @@ PASSWORD_IN_ARGV_WARNING = (
     "put it in the file upstream.password_file names instead")
 
 
-def _load(config: str | None, upstream: str | None = None, *, secrets: bool = True):
+def _load(config: str | None, upstreams: list[str] | None = None, *, secrets: bool = True,
+          metrics: str | None = None):
     from atlantic.client.config import ConfigError
     from atlantic.client.config_check import load_config
     from atlantic.client.config_upstream import check_upstream_url
@@ -63,21 +64,39 @@ def _load(config: str | None, upstream: str | None = None, *, secrets: bool = Tr
         cfg = load_config(config, secrets=secrets)
     except ConfigError as exc:
         fail(str(exc))
-    if upstream is not None:
-        if (problem := check_upstream_url(upstream)) is not None:
-            fail(f"--upstream: {problem}")
-        if parse_upstream(upstream).password is not None:
-            typer.echo(PASSWORD_IN_ARGV_WARNING, err=True)
-        cfg = cfg.with_upstream(upstream)
+    if upstreams:
+        for url in upstreams:
+            if (problem := check_upstream_url(url)) is not None:
+                fail(f"--upstream: {problem}")
+            if parse_upstream(url).password is not None:
+                typer.echo(PASSWORD_IN_ARGV_WARNING, err=True)
+        if len(upstreams) > 1 and "direct" in upstreams:
+            fail("--upstream: direct cannot be one of several upstreams: failing over to it would reveal "
+                 "this machine's address; list proxies only")
+        cfg = cfg.with_upstreams(upstreams)
+    if metrics is not None:
+        from dataclasses import replace
+
+        from atlantic.client.metrics import MetricsError, parse_listen
+
+        try:
+            parse_listen(metrics)
+        except MetricsError as exc:
+            fail(f"--metrics: {exc}")
+        cfg = replace(cfg, daemon=replace(cfg.daemon, metrics=metrics))
     return cfg
 
 
 @app.command()
 def up(
-    upstream: Annotated[Optional[str], typer.Option(
+    upstream: Annotated[Optional[list[str]], typer.Option(
         "--upstream", "-u",
-        help="`direct`, or the proxy URL http://user@host:port (overrides the config file's url; "
-             "the password comes from upstream.password_file: a password here is visible to every local user).",
+        help="`direct`, or the proxy URL http://user@host:port; repeat for standbys in priority order "
+             "(overrides the config file's urls; the password comes from upstream.password_file: "
+             "a password here is visible to every local user).",
+    )] = None,
+    metrics: Annotated[Optional[str], typer.Option(
+        "--metrics", help="Serve Prometheus /metrics on IP:PORT, e.g. 127.0.0.1:9477 (off by default).",
     )] = None,
     foreground: Annotated[bool, typer.Option(
         "--foreground", help="Run the daemon in this process (as systemd does) instead of in the background.",
@@ -86,7 +105,7 @@ def up(
 ) -> None:
     """Capture every TCP connection of this machine and send it through the upstream."""
     _require_root("up")
-    cfg = _load(config, upstream)
+    cfg = _load(config, upstream, metrics=metrics)
     from atlantic.client import lifecycle
 
     try:

@@ -64,6 +64,7 @@ class UpstreamConfig:
     username_template: str | None = None
     country: str | None = None
     session_minutes: int | None = None
+    key: str = "upstream"  # where in the file it came from, for messages: upstream or upstream[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,28 +127,75 @@ class RoutingConfig:
 
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
-    """Daemon behaviour: state directory, logging and flow timeouts."""
+    """Daemon behaviour: state directory, logging, flow timeouts and limits, metrics.
+
+    ``max_flows`` 0 means "derived from the open-files limit"; ``max_open_files`` is the
+    soft RLIMIT_NOFILE the daemon raises itself to at start (within the hard limit);
+    ``metrics`` is where Prometheus ``/metrics`` is served (``IP:PORT``), None: off.
+    """
 
     state_dir: Path = Path("/run/atlantic")
     log_level: str = "info"
     idle_timeout_s: float = 300.0
+    head_timeout_s: float = 30.0
+    max_flows: int = 0
+    max_open_files: int = 65536
+    metrics: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """The ``[health]`` section: what the monitor probes, how often, how sure it must be.
+
+    The default probe and echo URLs are public services (Cloudflare's 204 page and
+    ip-api's JSON); ``echo_url = ""`` turns the exit check off.
+    """
+
+    probe_url: str = "http://cp.cloudflare.com/generate_204"
+    expected_status: int = 204
+    echo_url: str | None = "http://ip-api.com/json/?fields=query,countryCode"
+    probe_timeout_s: float = 5.0
+    active_interval_s: float = 30.0
+    standby_interval_s: float = 120.0
+    echo_interval_s: float = 600.0
+    fail_threshold: int = 2
+    recover_successes: int = 3
+    failback_hold_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole, validated configuration."""
 
-    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)  # the first in priority order
+    standbys: tuple[UpstreamConfig, ...] = ()  # the others, in priority order
     pool: PoolConfig = field(default_factory=PoolConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     tun: TunConfig = field(default_factory=TunConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    health: HealthSettings = field(default_factory=HealthSettings)
     source: str = "defaults"
 
+    @property
+    def upstreams(self) -> tuple[UpstreamConfig, ...]:
+        """Every upstream in priority order (one, unless the file lists several)."""
+        return (self.upstream, *self.standbys)
+
+    def with_upstreams(self, urls: list[str]) -> Config:
+        """This config with the upstream URLs replaced (``--upstream``, given once or more).
+
+        The n-th URL keeps the n-th configured upstream's other settings (password file,
+        username template, country, CA), so a flag changes where, not how.
+        """
+        old = self.upstreams
+        new = [replace(old[i], url=url) if i < len(old) else UpstreamConfig(url=url, key=f"upstream[{i + 1}]")
+               for i, url in enumerate(urls)]
+        return replace(self, upstream=new[0], standbys=tuple(new[1:]))
+
     def with_upstream(self, url: str) -> Config:
-        """This config with the upstream URL replaced (a command-line override)."""
-        return replace(self, upstream=replace(self.upstream, url=url))
+        """This config with one upstream URL (a command-line override)."""
+        return self.with_upstreams([url])
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -351,8 +399,22 @@ def _read_daemon(table: dict[str, Any], problems: list[ConfigProblem]) -> Daemon
         problems.append(ConfigProblem("daemon.log_level", f"expected one of {', '.join(_LOG_LEVELS)}, got {level!r}"))
         level = "info"
     idle = r.number("idle_timeout_s", 300.0, 1, 86400)
+    head = r.number("head_timeout_s", 30.0, 1, 3600)
+    max_flows = r.number("max_flows", 0, 0, 1_000_000, integer=True)
+    max_files = r.number("max_open_files", 65536, 1024, 1_048_576, integer=True)
+    metrics = r.get("metrics", str, None, "an address to serve Prometheus metrics on, such as 127.0.0.1:9477")
+    if metrics is not None:
+        from atlantic.client.metrics import MetricsError, parse_listen
+
+        try:
+            parse_listen(metrics)
+        except MetricsError as exc:
+            problems.append(ConfigProblem("daemon.metrics", str(exc)))
+            metrics = None
     r.unknown_keys()
-    return DaemonConfig(state_dir=Path(state_dir), log_level=level, idle_timeout_s=float(idle))
+    return DaemonConfig(state_dir=Path(state_dir), log_level=level, idle_timeout_s=float(idle),
+                        head_timeout_s=float(head), max_flows=max_flows, max_open_files=max_files,
+                        metrics=metrics or None)
 
 
 def parse_config(text: str, source: str = "<config>") -> tuple[Config, list[ConfigProblem]]:
@@ -365,18 +427,22 @@ def parse_config(text: str, source: str = "<config>") -> tuple[Config, list[Conf
     except RecursionError:  # tomllib recurses once per nesting level
         return Config(source=source), [ConfigProblem(
             "(file)", "not usable TOML: arrays or tables nested too deeply; Atlantic's settings nest two levels")]
-    from atlantic.client.config_upstream import read_upstream
+    from atlantic.client.config_health import read_health
+    from atlantic.client.config_upstream import read_upstreams
 
-    sections = {"upstream", "pool", "capture", "tun", "routing", "daemon"}
+    sections = {"upstream", "pool", "capture", "tun", "routing", "daemon", "health"}
     for key in sorted(set(raw) - sections):
         problems.append(ConfigProblem(key, "unknown section or key (expected one of: " + ", ".join(sorted(sections)) + ")"))
+    upstreams = read_upstreams(raw.get("upstream", {}), problems)
     cfg = Config(
-        upstream=read_upstream(_section(raw, "upstream", problems), problems),
+        upstream=upstreams[0],
+        standbys=upstreams[1:],
         pool=_read_pool(_section(raw, "pool", problems), problems),
         capture=_read_capture(_section(raw, "capture", problems), problems),
         tun=_read_tun(_section(raw, "tun", problems), problems),
         routing=_read_routing(_section(raw, "routing", problems), problems),
         daemon=_read_daemon(_section(raw, "daemon", problems), problems),
+        health=read_health(_section(raw, "health", problems), problems),
         source=source,
     )
     return cfg, problems

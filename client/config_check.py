@@ -19,6 +19,7 @@ from atlantic.client.config import (
     Config,
     ConfigError,
     ConfigProblem,
+    UpstreamConfig,
     parse_config,
 )
 from atlantic.client.state import unsafe_dir_reason
@@ -71,10 +72,11 @@ def _file_mode_problems(path: Path, st: os.stat_result, cfg: Config) -> list[Con
     if mode & 0o022:
         problems.append(ConfigProblem("(file)", f"{path} is writable by other users (mode {mode:04o}): "
                                                 f"run `chmod go-w {path}`"))
-    if mode & 0o044 and _has_inline_password(cfg.upstream.url):
-        problems.append(ConfigProblem("upstream.url", f"holds a password but {path} is readable by other users "
-                                                      f"(mode {mode:04o}): move the password to upstream.password_file "
-                                                      f"(chmod 600), or run `chmod 600 {path}`"))
+    for up in cfg.upstreams:
+        if mode & 0o044 and _has_inline_password(up.url):
+            problems.append(ConfigProblem(f"{up.key}.url", f"holds a password but {path} is readable by other users "
+                                                           f"(mode {mode:04o}): move the password to {up.key}.password_file "
+                                                           f"(chmod 600), or run `chmod 600 {path}`"))
     return problems
 
 
@@ -100,11 +102,12 @@ def check_config_file(path: Path, must_exist: bool, *, secrets: bool = True) -> 
             return Config(source=str(path)), [problem]
         cfg, problems = parse_config(text, str(path))
         problems += _file_mode_problems(path, st, cfg)
-    if secrets and cfg.upstream.password_file is not None:
-        try:
-            read_password_file(cfg.upstream.password_file)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+    for up in cfg.upstreams if secrets else ():
+        if up.password_file is not None:
+            try:
+                read_password_file(up.password_file, key=f"{up.key}.password_file")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
     if (why := unsafe_dir_reason(cfg.daemon.state_dir)) is not None:
         problems.append(ConfigProblem("daemon.state_dir", why))
     return cfg, problems
@@ -123,13 +126,14 @@ def load_config(explicit: str | os.PathLike[str] | None = None, *, secrets: bool
     return cfg
 
 
-def _password_problem(path: Path, message: str) -> ConfigError:
-    return ConfigError(str(path), [ConfigProblem(PASSWORD_KEY, message)])
-
-
-def read_password_file(path: Path) -> str:
+def read_password_file(path: Path, *, key: str = PASSWORD_KEY) -> str:
     """The proxy password from ``path``, which must be ``PASSWORD_RULE`` (owned by you
-    when you are not root): opened without following a link, checked on the open file."""
+    when you are not root): opened without following a link, checked on the open file.
+    ``key`` names the setting in the error."""
+
+    def _password_problem(path: Path, message: str) -> ConfigError:
+        return ConfigError(str(path), [ConfigProblem(key, message)])
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -166,17 +170,27 @@ def read_password_file(path: Path) -> str:
 
 
 def upstream_url_with_secret(cfg: Config) -> str:
-    """The upstream URL with the password from ``password_file`` filled in, if one is set."""
-    url = cfg.upstream.url
-    if cfg.upstream.password_file is None or url == "direct":
+    """The first upstream's URL with its password filled in (see ``upstream_urls_with_secret``)."""
+    return _url_with_secret(cfg, cfg.upstream)
+
+
+def upstream_urls_with_secret(cfg: Config) -> list[str]:
+    """Every upstream's URL, in priority order, with the password from its
+    ``password_file`` filled in where one is set."""
+    return [_url_with_secret(cfg, up) for up in cfg.upstreams]
+
+
+def _url_with_secret(cfg: Config, up: UpstreamConfig) -> str:
+    url = up.url
+    if up.password_file is None or url == "direct":
         return url
     from urllib.parse import quote
 
-    password = read_password_file(cfg.upstream.password_file)
+    password = read_password_file(up.password_file, key=f"{up.key}.password_file")
     scheme, rest = url.split("://", 1)
     userinfo, _, hostport = rest.rpartition("@")
     if not userinfo:
         raise ConfigError(cfg.source, [ConfigProblem(
-            "upstream.url", "a password_file is set but the URL has no user (expected scheme://user@host:port)")])
+            f"{up.key}.url", "a password_file is set but the URL has no user (expected scheme://user@host:port)")])
     user = userinfo.split(":", 1)[0]
     return f"{scheme}://{user}:{quote(password, safe='')}@{hostport}"

@@ -71,9 +71,33 @@ def check_upstream_url(url: str) -> str | None:
     return None
 
 
-def read_upstream(table: dict[str, Any], problems: list[ConfigProblem]) -> UpstreamConfig:
-    """The [upstream] table, every problem recorded in ``problems``."""
-    r = _Reader(table, "upstream", problems)
+MAX_UPSTREAMS = 8
+
+
+def read_upstreams(value: Any, problems: list[ConfigProblem]) -> tuple[UpstreamConfig, ...]:
+    """``[upstream]`` (one table) or ``[[upstream]]`` (a list, in priority order).
+
+    ``direct`` cannot be one of several: failing over to it would show the machine's own
+    address to every site the moment the proxies fail, the opposite of failing closed.
+    """
+    if isinstance(value, dict):
+        return (read_upstream(value, problems),)
+    if not isinstance(value, list) or not value or not all(isinstance(t, dict) for t in value):
+        problems.append(ConfigProblem("upstream", "expected one [upstream] table, or one or more [[upstream]] tables"))
+        return (UpstreamConfig(),)
+    if len(value) > MAX_UPSTREAMS:
+        problems.append(ConfigProblem("upstream", f"expected at most {MAX_UPSTREAMS} [[upstream]] tables, got {len(value)}"))
+        value = value[:MAX_UPSTREAMS]
+    ups = tuple(read_upstream(t, problems, key=f"upstream[{i + 1}]") for i, t in enumerate(value))
+    if len(ups) > 1 and any(u.url == "direct" for u in ups):
+        problems.append(ConfigProblem("upstream", "direct cannot be one of several upstreams: failing over to it "
+                                                  "would reveal this machine's address; list proxies only"))
+    return ups
+
+
+def read_upstream(table: dict[str, Any], problems: list[ConfigProblem], *, key: str = "upstream") -> UpstreamConfig:
+    """One upstream table (``key`` names it in messages), every problem recorded in ``problems``."""
+    r = _Reader(table, key, problems)
     url = r.get("url", str, "direct", "a URL: direct, http://user@host:port or https://user@host:port")
     pw = r.get("password_file", str, None, "a path to a file holding the proxy password")
     timeout = r.number("connect_timeout_s", 10.0, 0.1, 120)
@@ -86,14 +110,14 @@ def read_upstream(table: dict[str, Any], problems: list[ConfigProblem]) -> Upstr
         country = None
     minutes = r.get("session_minutes", int, None, "whole minutes a sticky session lasts")
     if minutes is not None and not 1 <= minutes <= 1440:
-        problems.append(ConfigProblem("upstream.session_minutes", f"expected whole minutes from 1 to 1440, got {minutes}"))
+        problems.append(ConfigProblem(f"{key}.session_minutes", f"expected whole minutes from 1 to 1440, got {minutes}"))
         minutes = None
     r.unknown_keys()
     if (problem := check_upstream_url(url)) is not None:
-        problems.append(ConfigProblem("upstream.url", problem))
+        problems.append(ConfigProblem(f"{key}.url", problem))
         url = "direct"
     if template is not None and (problem := template_problem(template)) is not None:
-        problems.append(ConfigProblem("upstream.username_template", problem))
+        problems.append(ConfigProblem(f"{key}.username_template", problem))
         template = None
     if template is not None:
         from atlantic.pool.proxyurl import ProxyConfig, render_snapshot
@@ -102,8 +126,8 @@ def read_upstream(table: dict[str, Any], problems: list[ConfigProblem]) -> Upstr
         try:
             render_snapshot(ProxyConfig(url, template, params, minutes), 0.0, "session")
         except ValueError as exc:
-            problems.append(ConfigProblem("upstream.username_template", str(exc)))
+            problems.append(ConfigProblem(f"{key}.username_template", str(exc)))
             template = None
     return UpstreamConfig(url=url, password_file=Path(pw) if pw else None, connect_timeout_s=float(timeout),
                           ca_file=Path(ca) if ca else None, username_template=template, country=country,
-                          session_minutes=minutes)
+                          session_minutes=minutes, key=key)

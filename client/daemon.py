@@ -20,17 +20,16 @@ import socket
 import time
 
 from atlantic import __version__
+from atlantic.client import outbound
 from atlantic.client.config import Config
 from atlantic.client.control import PUBLIC_COMMANDS, ControlServer
 from atlantic.client.state import StatePaths, load_fakeip, remove_state, write_state
-from atlantic.forwarder.dispatch import Dispatcher
-from atlantic.pool.upstream import Upstream, parse_upstream
 from atlantic.dns import fakeip
-from atlantic.system import killswitch, routing
 from atlantic.dns.intercept import DnsInterceptor
+from atlantic.forwarder.dispatch import Dispatcher, default_max_flows, raise_nofile_limit
 from atlantic.interceptor.policy import default_policy
-from atlantic.pool.pool import UpstreamPool
-from atlantic.pool.proxyurl import ProxyConfig
+from atlantic.pool.upstream import parse_upstream
+from atlantic.system import killswitch, routing
 
 log = logging.getLogger("atlantic")
 
@@ -43,48 +42,13 @@ STATUS_TRIES = 5
 STATUS_LOOP_TIMEOUT_S = 2.0
 
 
-def run_daemon(cfg: Config, upstream_url: str) -> None:
+def run_daemon(cfg: Config, upstream_urls: list[str]) -> None:
     """Run until stopped; start-up failures are logged as one line and exit 1."""
     logging.basicConfig(
         level=getattr(logging, cfg.daemon.log_level.upper()),
         format="%(asctime)s atlantic[%(process)d] %(levelname)s %(message)s",
     )
-    asyncio.run(Daemon(cfg, upstream_url).run())
-
-
-def resolve_upstream(upstream: Upstream) -> dict[str, str]:
-    """The proxy's addresses (name -> IP), looked up once before capture starts.
-
-    Once routing and the kill switch are in place, an unmarked lookup by the daemon
-    would be captured like any other; the pool connects to these addresses instead.
-    """
-    if upstream.is_direct:
-        return {}
-    try:
-        ipaddress.ip_address(upstream.host)
-        return {upstream.host: upstream.host}
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(upstream.host, upstream.port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise RuntimeError(f"cannot resolve the proxy {upstream.host}: {exc.strerror}") from None
-    v4 = [i[4][0] for i in infos if i[0] == socket.AF_INET]
-    return {upstream.host: (v4 or [infos[0][4][0]])[0]}
-
-
-def make_pool(cfg: Config, upstream_url: str, pinned: dict[str, str]) -> UpstreamPool:
-    """The shared upstream pool, as the config describes it."""
-    up = cfg.upstream
-    proxy = ProxyConfig(upstream_url, up.username_template,
-                        {"country": up.country} if up.country else {}, up.session_minutes)
-    return UpstreamPool(
-        proxy, mark=cfg.routing.fwmark, ca_file=str(up.ca_file) if up.ca_file else None,
-        connect_timeout=up.connect_timeout_s, idle_timeout=cfg.pool.idle_timeout_s,
-        max_per_key=cfg.pool.max_per_endpoint, max_total=cfg.pool.max_connections,
-        warm_tunnels=cfg.pool.warm_tunnels, ping_interval=cfg.pool.ping_interval_s,
-        addresses=pinned,
-    )
+    asyncio.run(Daemon(cfg, upstream_urls).run())
 
 
 def _listener(family: int, address: str, port: int) -> socket.socket:
@@ -109,10 +73,11 @@ def _listener(family: int, address: str, port: int) -> socket.socket:
 class Daemon:
     """One running instance in the current network namespace."""
 
-    def __init__(self, cfg: Config, upstream_url: str):
+    def __init__(self, cfg: Config, upstream_urls: list[str]):
         self.cfg = cfg
-        self.upstream_url = upstream_url
-        self.upstream = parse_upstream(upstream_url)
+        self.upstream_urls = list(upstream_urls)  # with their passwords: never logged or shown
+        self.upstreams = [parse_upstream(url) for url in self.upstream_urls]
+        self.upstream = self.upstreams[0]
         self.paths = StatePaths.for_namespace(cfg.daemon.state_dir)
         self.started = time.monotonic()
         self.stopping = asyncio.Event()
@@ -129,7 +94,8 @@ class Daemon:
         self.prefixlen6 = iface6.network.prefixlen
         self.ipv6 = "captured" if cfg.capture.ipv6 == "capture" else "blocked"
         self.stack = None
-        self.pool: UpstreamPool | None = None
+        self.outbound: outbound.Outbound | None = None
+        self.metrics = None
         self.dns: DnsInterceptor | None = None
         self.fake_pool: fakeip.FakeIpPool | None = None
         self.dispatcher: Dispatcher | None = None
@@ -138,7 +104,8 @@ class Daemon:
 
     def _killswitch_config(self, pinned: dict[str, str]) -> killswitch.KillSwitchConfig:
         cap = self.cfg.capture
-        endpoints = tuple(killswitch.Endpoint(ip, self.upstream.port) for ip in set(pinned.values()))
+        endpoints = tuple(dict.fromkeys(killswitch.Endpoint(pinned[u.host], u.port)
+                                        for u in self.upstreams if not u.is_direct))
         return killswitch.KillSwitchConfig(
             tun=self.cfg.tun.name, fwmark=self.cfg.routing.fwmark, upstream=endpoints,
             direct=self.upstream.is_direct, allow_lan=cap.lan, allow_dhcp=cap.allow_dhcp,
@@ -150,7 +117,7 @@ class Daemon:
         self.fake_pool = load_fakeip(self.paths.fakeip_file, time.monotonic(),
                                      v6=None if self.ipv6 == "blocked" else fakeip.DEFAULT_V6)
         return DnsInterceptor(
-            self.fake_pool, open_tunnel=lambda host, port: self.pool.open_tunnel(host, port),
+            self.fake_pool, open_tunnel=lambda host, port: self.outbound.pool.open_tunnel(host, port),
             send=lambda packet: self.stack.send(packet), answer_aaaa=self.ipv6 == "captured",
             resolver=self.cfg.capture.dns_resolver,
             forward_addresses=self.upstream.is_direct, loop=asyncio.get_running_loop(),
@@ -169,6 +136,7 @@ class Daemon:
         record = routing.prepare(plan)
         state = {
             "pid": os.getpid(), "version": __version__, "upstream": self.upstream.redacted(),
+            "upstreams": [u.redacted() for u in self.upstreams],
             "tun": cfg.tun.name, "routing": record.to_json(), "killswitch": cfg.capture.kill_switch,
             "started_at": time.time(),
         }
@@ -177,7 +145,10 @@ class Daemon:
         control = None
         saver = None
         try:
-            pinned = await asyncio.to_thread(resolve_upstream, self.upstream)
+            soft, _hard = raise_nofile_limit(cfg.daemon.max_open_files)
+            reserve = cfg.pool.max_connections * len(self.upstreams) + 64
+            max_flows = cfg.daemon.max_flows or default_max_flows(soft, reserve=reserve)
+            pinned = await asyncio.to_thread(outbound.resolve, self.upstreams)
             ks_config = self._killswitch_config(pinned) if cfg.capture.kill_switch else None
             write_state(self.paths, state)
             listeners.append(_listener(socket.AF_INET, self.inet_addr, 0))
@@ -193,11 +164,12 @@ class Daemon:
                 prefixlen6=self.prefixlen6,
             )
             self.stack.start()
-            self.pool = make_pool(cfg, self.upstream_url, pinned)
-            await self.pool.start()
+            self.outbound = outbound.build(cfg, self.upstream_urls, self.upstreams, pinned)
             self.dispatcher = Dispatcher(
-                self.upstream, self.stack.lookup, self.pool, idle_timeout=cfg.daemon.idle_timeout_s, dns=self.dns,
-                carried_ports=frozenset(cfg.capture.ports), reject_other_ports=cfg.capture.other_ports == "reject",
+                self.upstream, self.stack.lookup, self.outbound.pool, idle_timeout=cfg.daemon.idle_timeout_s,
+                dns=self.dns, carried_ports=frozenset(cfg.capture.ports),
+                reject_other_ports=cfg.capture.other_ports == "reject", max_flows=max_flows,
+                head_timeout=cfg.daemon.head_timeout_s,
             )
             for listener in listeners:
                 servers.append(await self.dispatcher.serve(listener))
@@ -208,11 +180,19 @@ class Daemon:
             if ks_config is not None:
                 await asyncio.to_thread(killswitch.apply, ks_config)
                 self.killswitch_on = True
+            await self.outbound.start()  # the leak probe and the first health probes run once capture is on
             saver = asyncio.create_task(self._save_fakeip_forever())
+            if cfg.daemon.metrics:
+                from atlantic.client.metrics import serve
+
+                self.metrics = await asyncio.to_thread(serve, cfg.daemon.metrics, self.status_from_thread)
             self.ready = True
             log.info("up: every flow of this namespace goes via %s to %s (IPv6 %s, kill switch %s, MTU %d)",
-                     cfg.tun.name, self.upstream.redacted(), self.ipv6, "on" if self.killswitch_on else "off",
-                     cfg.tun.mtu)
+                     cfg.tun.name, ", then ".join(u.redacted() for u in self.upstreams), self.ipv6,
+                     "on" if self.killswitch_on else "off", cfg.tun.mtu)
+            log.info("limits: %d flows at once, %d open files, %g s for a request head%s", max_flows, soft,
+                     cfg.daemon.head_timeout_s, f"; metrics on http://{cfg.daemon.metrics}/metrics"
+                     if cfg.daemon.metrics else "")
             await self.stopping.wait()
             log.info("stopping: draining %d open flows", self.dispatcher.flows_open)
         except Exception as exc:  # start-up failure: one line, then put everything back
@@ -225,6 +205,8 @@ class Daemon:
                         record: routing.RoutingPlan) -> None:
         for server in servers:
             server.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
         if control is not None:
             await asyncio.to_thread(control.close)  # joins its threads; one may be waiting for this loop
         if saver is not None:
@@ -233,8 +215,8 @@ class Daemon:
             await self.dispatcher.aclose(DRAIN_TIMEOUT_S)
         if self.dns is not None:
             await self.dns.aclose()
-        if self.pool is not None:
-            await self.pool.aclose()
+        if self.outbound is not None:
+            await self.outbound.aclose()
         for listener in listeners:
             listener.close()
         if self.cfg.capture.kill_switch:
@@ -336,5 +318,7 @@ class Daemon:
             report.update(self.dispatcher.counters())
         if self.stack is not None:
             report["stack"] = self.stack.counters()
+        if self.outbound is not None:
+            report.update(self.outbound.status())
         report["report_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return report

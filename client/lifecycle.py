@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from atlantic.client.config import Config
-from atlantic.client.config_check import upstream_url_with_secret
+from atlantic.client.config_check import upstream_urls_with_secret
 from atlantic.client.control import ControlError, ControlTimeout, request
 from atlantic.client.state import (
     StateDirError,
@@ -31,7 +31,7 @@ from atlantic.client.state import (
     remove_state,
 )
 
-UPSTREAM_ENV = "ATLANTIC_UPSTREAM_URL"  # the child reads the URL here: argv is world-readable
+UPSTREAM_ENV = "ATLANTIC_UPSTREAM_URL"  # the child reads the URLs here (one a line): argv is world-readable
 START_TIMEOUT_S = 15.0
 STOP_REQUEST_TIMEOUT_S = 5.0  # for the reply to `stop`; then SIGTERM asks the same thing
 STOP_TIMEOUT_S = 30.0  # the daemon's own drain and restore are bounded well below this
@@ -52,16 +52,17 @@ def run_foreground(cfg: Config) -> None:
 
     _refuse_if_running(cfg)
     cleanup_leftovers(cfg)
-    url = os.environ.pop(UPSTREAM_ENV, None) or _secret_url(cfg)
+    passed = os.environ.pop(UPSTREAM_ENV, None)
+    urls = passed.split("\n") if passed else _secret_urls(cfg)
     os.umask(0o077)  # whatever the daemon writes (state, fake-IP map) is root's alone
-    run_daemon(cfg, url)
+    run_daemon(cfg, urls)
 
 
-def _secret_url(cfg: Config) -> str:
+def _secret_urls(cfg: Config) -> list[str]:
     from atlantic.client.config import ConfigError
 
     try:
-        return upstream_url_with_secret(cfg)
+        return upstream_urls_with_secret(cfg)
     except ConfigError as exc:
         raise LifecycleError(str(exc)) from None
 
@@ -81,7 +82,7 @@ def start_background(cfg: Config, config_arg: str | None) -> dict:
     """
     _refuse_if_running(cfg)
     paths = _paths(cfg)
-    env = dict(os.environ, **{UPSTREAM_ENV: _secret_url(cfg)})
+    env = dict(os.environ, **{UPSTREAM_ENV: "\n".join(_secret_urls(cfg))})
     try:
         log_fd = open_log(paths)
     except (StateDirError, OSError) as exc:
@@ -89,6 +90,8 @@ def start_background(cfg: Config, config_arg: str | None) -> dict:
     argv = [sys.executable, "-m", "atlantic", "up", "--foreground"]
     if config_arg:
         argv += ["--config", config_arg]
+    if cfg.daemon.metrics:  # not a secret; the URLs (which may hold one) travel in the environment
+        argv += ["--metrics", cfg.daemon.metrics]
     with os.fdopen(log_fd, "ab") as log:
         child = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,

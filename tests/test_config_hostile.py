@@ -260,11 +260,11 @@ def test_a_password_on_the_command_line_is_warned_about(capsys):
     """A password given in --upstream works but prints one warning line on stderr, without the password."""
     from atlantic.client import cli
 
-    cfg = cli._load("/dev/null", "http://alice:hunter2@10.0.0.1:3128")
+    cfg = cli._load("/dev/null", ["http://alice:hunter2@10.0.0.1:3128"])
     assert cfg.upstream.url == "http://alice:hunter2@10.0.0.1:3128"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "password_file" in err and "hunter2" not in err
-    cli._load("/dev/null", "http://alice@10.0.0.1:3128")
+    cli._load("/dev/null", ["http://alice@10.0.0.1:3128"])
     assert capsys.readouterr().err == ""
 
 

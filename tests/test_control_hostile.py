@@ -162,7 +162,7 @@ def test_the_daemon_opens_only_status_to_other_users(tmp_path):
     """The daemon's control server lets non-root peers run `status` and nothing else."""
     from atlantic.client.daemon import Daemon
 
-    daemon = Daemon(Config(daemon=DaemonConfig(state_dir=tmp_path)), "direct")
+    daemon = Daemon(Config(daemon=DaemonConfig(state_dir=tmp_path)), ["direct"])
     assert daemon.control_server().public == frozenset({"status"})
 
 

@@ -48,7 +48,7 @@ class FakeDispatcher:
 
 
 def make_daemon(state_dir: Path, dispatcher=None) -> Daemon:
-    daemon = Daemon(Config(daemon=DaemonConfig(state_dir=state_dir)), "direct")
+    daemon = Daemon(Config(daemon=DaemonConfig(state_dir=state_dir)), ["direct"])
     daemon.paths.dir.mkdir(parents=True, exist_ok=True)
     daemon.paths.dir.chmod(0o755)
     daemon.dispatcher = dispatcher or FakeDispatcher()

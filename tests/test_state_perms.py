@@ -156,7 +156,7 @@ def test_the_daemon_starts_dns_with_a_corrupted_map(paths):
     """Where the daemon loads the map (its DNS set-up), a corrupted file means a fresh map, moved aside."""
     from atlantic.client.daemon import Daemon
 
-    daemon = Daemon(Config(daemon=DaemonConfig(state_dir=paths.dir.parent)), "direct")
+    daemon = Daemon(Config(daemon=DaemonConfig(state_dir=paths.dir.parent)), ["direct"])
     daemon.paths.dir.mkdir(parents=True, exist_ok=True)
     daemon.paths.fakeip_file.write_text('{"version": 2, "v4": "198.18.128.0/17", "v4_entries": [[1, 2]]}')
 
