@@ -18,10 +18,13 @@ import os
 import signal
 import socket
 import time
+from dataclasses import replace
 
 from atlantic import __version__
 from atlantic.client import outbound
-from atlantic.client.config import Config
+from atlantic.client.config import Config, ConfigError
+from atlantic.client.netguard import NetGuard
+from atlantic.client.sdnotify import Notifier, watchdog_task
 from atlantic.client.control import PUBLIC_COMMANDS, ControlServer
 from atlantic.client.state import StatePaths, load_fakeip, remove_state, write_state
 from atlantic.dns import fakeip
@@ -30,6 +33,7 @@ from atlantic.forwarder.dispatch import Dispatcher, default_max_flows, raise_nof
 from atlantic.interceptor.policy import default_policy
 from atlantic.pool.upstream import parse_upstream
 from atlantic.system import killswitch, routing
+from atlantic.system.netwatch import NetWatch
 
 log = logging.getLogger("atlantic")
 
@@ -40,6 +44,7 @@ IP_FREEBIND = 15  # <linux/in.h>; not exported by the socket module
 IPV6_FREEBIND = 78  # <linux/in6.h>
 STATUS_TRIES = 5
 STATUS_LOOP_TIMEOUT_S = 2.0
+STATUS_LINE_S = 10.0  # how often systemd's STATUS= line is brought up to date
 
 
 def run_daemon(cfg: Config, upstream_urls: list[str]) -> None:
@@ -101,6 +106,9 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.killswitch_on = False
         self.ready = False  # routing applied: `up` returns only then
+        self.notifier = Notifier.from_environment()  # systemd's READY/STATUS/WATCHDOG (no-op outside it)
+        self.guard: NetGuard | None = None
+        self.background: list[asyncio.Task] = []
 
     def _killswitch_config(self, pinned: dict[str, str]) -> killswitch.KillSwitchConfig:
         cap = self.cfg.capture
@@ -130,6 +138,7 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop)
+        self.loop.add_signal_handler(signal.SIGHUP, self._reload)
         cfg = self.cfg
         plan = routing.plan_routing(cfg.tun.name, cfg.routing.table, cfg.routing.fwmark, cfg.routing.rule_priority,
                                     ipv6=self.ipv6, capture_dns=True, lan=cfg.capture.lan)
@@ -182,6 +191,7 @@ class Daemon:
                 self.killswitch_on = True
             await self.outbound.start()  # the leak probe and the first health probes run once capture is on
             saver = asyncio.create_task(self._save_fakeip_forever())
+            self._start_background(plan, ks_config)
             if cfg.daemon.metrics:
                 from atlantic.client.metrics import serve
 
@@ -193,7 +203,9 @@ class Daemon:
             log.info("limits: %d flows at once, %d open files, %g s for a request head%s", max_flows, soft,
                      cfg.daemon.head_timeout_s, f"; metrics on http://{cfg.daemon.metrics}/metrics"
                      if cfg.daemon.metrics else "")
+            self.notifier.ready(self.status_line())
             await self.stopping.wait()
+            self.notifier.stopping(f"draining {self.dispatcher.flows_open} open flows")
             log.info("stopping: draining %d open flows", self.dispatcher.flows_open)
         except Exception as exc:  # start-up failure: one line, then put everything back
             log.error("cannot bring Atlantic up: %s", exc)
@@ -205,6 +217,9 @@ class Daemon:
                         record: routing.RoutingPlan) -> None:
         for server in servers:
             server.close()
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)
         if control is not None:
@@ -232,6 +247,65 @@ class Daemon:
         self._save_fakeip()
         remove_state(self.paths)
         log.info("down: routing restored")
+
+    def _start_background(self, plan: routing.RoutingPlan, ks_config: killswitch.KillSwitchConfig | None) -> None:
+        """The watchers off every flow's path: network changes (and what others remove of
+        our routing and kill switch), systemd's watchdog and status line."""
+        self.guard = NetGuard(plan=plan, killswitch_config=ks_config, drain=self.outbound.drain,
+                              recheck_leaks=self.outbound.leaks.recheck)
+        watch = NetWatch(self.guard.on_change, tun=self.cfg.tun.name, table=self.cfg.routing.table)
+        tasks = [("network monitor", watch.run), ("routing guard", self.guard.run),
+                 ("status line", self._status_line_forever)]
+        if (interval := self.notifier.watchdog_interval()) is not None:
+            tasks.append(("watchdog", lambda: watchdog_task(self.notifier, interval)))
+        self.background += [asyncio.create_task(outbound.supervised(name, run)) for name, run in tasks]
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: where new flows go, and how many are open."""
+        health = self.outbound.status()["health"] if self.outbound is not None else None
+        if health is None:
+            where = f"via {self.upstream.redacted()}"
+        elif health["all_down"]:
+            where = "every upstream down: flows refused"
+        else:
+            down = sum(1 for u in health["upstreams"] if u["state"] == "down")
+            where = f"via {health['active']}" + (f" ({down} of {len(health['upstreams'])} down)" if down else "")
+        flows = self.dispatcher.flows_open if self.dispatcher is not None else 0
+        return f"up: {where}; {flows} flows open"
+
+    async def _status_line_forever(self) -> None:
+        last = ""
+        while True:
+            await asyncio.sleep(STATUS_LINE_S)
+            if (line := self.status_line()) != last:
+                self.notifier.status(line)
+                last = line
+
+    def _reload(self) -> None:
+        """SIGHUP (`systemctl reload atlantic`): re-read the config. A broken file is refused
+        in one line and the running settings stay; the log level and [health] apply at once
+        (no flow notices); other changes wait for a restart, and the log says which."""
+        from atlantic.client.config_check import load_config
+
+        self.notifier.reloading()
+        try:
+            new = load_config(None if self.cfg.source == "defaults" else self.cfg.source, secrets=False)
+        except ConfigError as exc:
+            log.error("reload refused, the running settings stay: %s", exc)
+            self.notifier.ready(self.status_line())
+            return
+        logging.getLogger().setLevel(getattr(logging, new.daemon.log_level.upper()))
+        applied = ["daemon.log_level"]
+        if self.outbound is not None and self.outbound.monitor is not None and new.health != self.cfg.health:
+            self.outbound.apply_health(new)
+            applied.append("[health]")
+        later = [name for name in ("pool", "capture", "tun", "routing") if getattr(new, name) != getattr(self.cfg, name)]
+        if [u.url for u in new.upstreams] != [u.url for u in self.cfg.upstreams] and self.cfg.source != "defaults":
+            later.append("upstream")
+        self.cfg = replace(self.cfg, health=new.health, daemon=replace(self.cfg.daemon, log_level=new.daemon.log_level))
+        log.info("reload: applied %s%s", ", ".join(applied),
+                 f"; {', '.join(later)} changed and take effect at the next restart" if later else "")
+        self.notifier.ready(self.status_line())
 
     def _save_fakeip(self) -> None:
         if self.fake_pool is not None:
@@ -320,5 +394,7 @@ class Daemon:
             report["stack"] = self.stack.counters()
         if self.outbound is not None:
             report.update(self.outbound.status())
+        if self.guard is not None:
+            report["network"] = self.guard.status()
         report["report_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return report

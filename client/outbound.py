@@ -78,8 +78,18 @@ class Outbound:
         """Start the pools' background work, then the monitor and the leak detector."""
         await self.pool.start()
         if self.monitor is not None:
-            self.tasks.append(asyncio.create_task(_supervised("health monitor", self.monitor.run)))
-        self.tasks.append(asyncio.create_task(_supervised("leak detector", self.leaks.run)))
+            self.tasks.append(asyncio.create_task(supervised("health monitor", self.monitor.run)))
+        self.tasks.append(asyncio.create_task(supervised("leak detector", self.leaks.run)))
+
+    def apply_health(self, cfg: Config) -> None:
+        """New ``[health]`` settings (a reload): the monitor uses them from its next step."""
+        if self.monitor is not None:
+            self.monitor.reconfigure(monitor_settings(cfg), health_config(cfg, len(self.pools)))
+
+    def drain(self) -> None:
+        """Every pool drops its idle and warm connections (the network path changed)."""
+        for pool in self.pools:
+            pool.drain()
 
     def status(self) -> dict:
         """``health`` and ``leaks`` for the status report (any thread)."""
@@ -94,6 +104,23 @@ class Outbound:
         await self.pool.aclose()
 
 
+def monitor_settings(cfg: Config) -> MonitorSettings:
+    """What the monitor probes, from ``[health]``."""
+    h = cfg.health
+    return MonitorSettings(probe_url=h.probe_url, expected_status=h.expected_status, probe_timeout_s=h.probe_timeout_s,
+                           echo_url=h.echo_url, echo_interval_s=h.echo_interval_s)
+
+
+def health_config(cfg: Config, count: int) -> HealthConfig:
+    """The state machine's timings and thresholds from ``[health]``, and each upstream's country."""
+    h = cfg.health
+    return HealthConfig(active_interval_s=h.active_interval_s, standby_interval_s=h.standby_interval_s,
+                        fail_threshold=h.fail_threshold, recover_successes=h.recover_successes,
+                        failback_hold_s=h.failback_hold_s,
+                        failback_hold_max_s=max(h.failback_hold_s, HealthConfig().failback_hold_max_s),
+                        expected_countries=tuple(settings_for(cfg, i).country for i in range(count)))
+
+
 def build(cfg: Config, urls: list[str], upstreams: list[Upstream], pinned: dict[str, str]) -> Outbound:
     """Pools, set, monitor and leak detector for ``urls`` (secret) / ``upstreams`` (parsed)."""
     pools = [make_pool(cfg, i, url, pinned) for i, url in enumerate(urls)]
@@ -104,17 +131,8 @@ def build(cfg: Config, urls: list[str], upstreams: list[Upstream], pinned: dict[
     if first.is_direct:
         return Outbound(pools[0], pools, None, leaks)
     upset = UpstreamSet(pools, names=[u.redacted() for u in upstreams])
-    h = cfg.health
     monitor = HealthMonitor(
-        [p.proxy for p in pools], upset,
-        settings=MonitorSettings(probe_url=h.probe_url, expected_status=h.expected_status,
-                                 probe_timeout_s=h.probe_timeout_s, echo_url=h.echo_url,
-                                 echo_interval_s=h.echo_interval_s),
-        config=HealthConfig(active_interval_s=h.active_interval_s, standby_interval_s=h.standby_interval_s,
-                            fail_threshold=h.fail_threshold, recover_successes=h.recover_successes,
-                            failback_hold_s=h.failback_hold_s,
-                            failback_hold_max_s=max(h.failback_hold_s, HealthConfig().failback_hold_max_s),
-                            expected_countries=tuple(settings_for(cfg, i).country for i in range(len(pools)))),
+        [p.proxy for p in pools], upset, settings=monitor_settings(cfg), config=health_config(cfg, len(pools)),
         mark=cfg.routing.fwmark, addresses=pinned,
         tls=[probe_tls_context(str(settings_for(cfg, i).ca_file) if settings_for(cfg, i).ca_file else None)
              if u.kind is UpstreamKind.HTTPS else None for i, u in enumerate(upstreams)],
@@ -151,7 +169,7 @@ def resolve(upstreams: list[Upstream]) -> dict[str, str]:
     return pinned
 
 
-async def _supervised(name: str, run) -> None:
+async def supervised(name: str, run) -> None:
     """Run ``run()`` until cancelled; a failure is logged (once a minute at most) and the
     task starts again after ``RESTART_DELAY_S``: the watchers must outlive their bugs."""
     logged = -LOG_EVERY_S
@@ -162,6 +180,8 @@ async def _supervised(name: str, run) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - one line, then start again
+            while isinstance(exc, BaseExceptionGroup) and exc.exceptions:  # a TaskGroup's: name the cause
+                exc = exc.exceptions[0]
             now = time.monotonic()
             if now - logged >= LOG_EVERY_S:
                 logged = now

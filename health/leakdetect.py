@@ -86,6 +86,7 @@ class LeakDetector:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.read_counters, self.target = read_counters, target or ProbeTarget(*NOWHERE)
         self.interface, self.own_addresses = interface, own_addresses
+        self._own: frozenset[str] = frozenset()  # refreshed off the loop with the counters
         self.kill_switch, self.interval, self.clock = kill_switch, interval, clock
         self.watch = LeakWatch()
         self._recheck = asyncio.Event()
@@ -101,7 +102,7 @@ class LeakDetector:
 
     def exit_seen(self, exit_ip: str | None) -> None:
         """The health monitor learned the exit address: it must not be one of ours."""
-        result, detail = exit_address_result(exit_ip, self.own_addresses())
+        result, detail = exit_address_result(exit_ip, self._own)
         if result is not CheckResult.SKIPPED:
             self.watch.result(Check.EXIT_ADDRESS, result, detail, self.clock())
             self._log_alerts()
@@ -125,6 +126,10 @@ class LeakDetector:
             log.debug("leak detector: cannot read the kill switch counters: %s", exc)
         if counts is not None:
             self.watch.counters(counts.get("blocked_packets", 0), counts.get("blocked_dns_packets", 0))
+        try:  # netlink, like nft, never from the loop's thread (pyroute2 turns async inside a loop)
+            self._own = await asyncio.to_thread(self.own_addresses)
+        except Exception as exc:  # noqa: BLE001 - keep the last known addresses
+            log.debug("leak detector: cannot list this machine's addresses: %s", exc)
 
     async def _probe(self) -> None:
         now = self.clock()

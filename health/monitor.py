@@ -37,6 +37,7 @@ log = logging.getLogger("atlantic.health")
 _FAILURE_SIGNALS = {
     FlowFailure.REFUSED: PassiveSignal.CONNECT_REFUSED,
     FlowFailure.TIMEOUT: PassiveSignal.CONNECT_TIMEOUT,
+    FlowFailure.SLOW: PassiveSignal.CONNECT_TIMEOUT,  # silence so far: a probe tells a slow origin from a gone proxy
     FlowFailure.AUTH: PassiveSignal.AUTH_FAILED_407,
 }
 
@@ -83,6 +84,12 @@ class HealthMonitor:
         else:
             passive = _FAILURE_SIGNALS[signal.failure]
         self.machine.passive(signal.index, passive, self.clock())
+        self._wake.set()
+
+    def reconfigure(self, settings: MonitorSettings, config: HealthConfig) -> None:
+        """New probe settings and timings (a reload); states and history are kept."""
+        self.settings = settings
+        self.machine.config = config
         self._wake.set()
 
     # ---- the task ----
@@ -152,7 +159,10 @@ class HealthMonitor:
             else:
                 self.machine.exit_failed(i, result.error or "exit check failed", now)
             if self.on_exit is not None:
-                self.on_exit(result.ip)
+                try:
+                    self.on_exit(result.ip)
+                except Exception as exc:  # noqa: BLE001 - a listener's bug must not stop the monitor
+                    log.error("exit check listener failed: %s: %s", type(exc).__name__, str(exc)[:200])
         finally:
             self._echoing = False
             self._wake.set()

@@ -125,7 +125,9 @@ def proxy_cmd(
 
     blackhole: the router silently drops all packets to or from its address.
 
-    heal: undo the blackhole. (A blackholed proxy's connects time out, like a vanished exit.)
+    lossy: the router refuses 30% of new connections to it (a flaky exit).
+
+    heal: undo blackhole or lossy. (A blackholed proxy's connects time out, like a vanished exit.)
 
     Each is safe twice; `lab up` keeps them as they are, `lab down` clears them.
     """

@@ -410,7 +410,8 @@ def _down_unlocked() -> list[str]:
 
 # ---- failing and restoring one upstream proxy ------------------------------------------
 
-PROXY_ACTIONS = ("stop", "start", "blackhole", "heal", "status")
+PROXY_ACTIONS = ("stop", "start", "blackhole", "lossy", "heal", "status")
+LOSSY_PERCENT = 30  # `lossy`: the share of new connections the router refuses
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,7 +427,7 @@ class ProxyState:
         """One line for the CLI."""
         return (f"proxy {self.n} ({self.ip}:{SQUID_PORT}): "
                 f"{'running' if self.running else 'stopped'}, "
-                f"{'blackholed' if self.blackholed else 'reachable'}")
+                f"{'blackholed or lossy' if self.blackholed else 'reachable'}")
 
 
 def _proxy_services(n: int) -> tuple[str, ...]:
@@ -439,7 +440,8 @@ def proxy_control(n: int, action: str) -> ProxyState:
 
     ``stop``: its Squid (for proxy 1 also nghttpx) exits, connects are refused; ``start``:
     started again, PIDs recorded; ``blackhole``: the router silently drops every packet to
-    or from its address (connects time out); ``heal``: undoes that; ``status``: no change.
+    or from its address (connects time out); ``lossy``: the router refuses 30% of new
+    connections to it instead; ``heal``: undoes either; ``status``: no change.
     Each is safe twice. `up` leaves these as they are; `down` removes everything. Affects
     every user of the lab.
     """
@@ -463,6 +465,8 @@ def proxy_control(n: int, action: str) -> ProxyState:
                 _start_proxy(state, n, env)
             elif action == "blackhole":
                 netns.blackhole(role)
+            elif action == "lossy":
+                netns.refuse_some(role, LOSSY_PERCENT)
             elif action == "heal":
                 netns.heal(role)
             running = all(_is_running(state, s) for s in _proxy_services(n))

@@ -198,6 +198,11 @@ def blackhole(role: str) -> None:
     _nft(render_blackhole(role))
 
 
+def refuse_some(role: str, percent: int) -> None:
+    """Refuse ``percent`` of new connections to *role* with a reset (replaces a blackhole; safe twice)."""
+    _nft(render_blackhole(role, percent))
+
+
 def heal(role: str) -> None:
     """Undo `blackhole` for *role* (safe if it is not blackholed)."""
     _nft(render_heal(role))

@@ -95,21 +95,29 @@ def blackhole_table(role: str) -> str:
     return f"atl_blackhole_{role}"
 
 
-def render_blackhole(role: str) -> str:
+def render_blackhole(role: str, refuse_percent: int | None = None) -> str:
     """``nft -f`` script (atomic, safe twice) dropping every forwarded packet to or from *role*.
 
     Silent drops in the router's forward hook, before the delay line: to the client the
     proxy vanishes (connects time out, open connections stall), as when a residential
-    exit goes away.
+    exit goes away. With ``refuse_percent``, nothing is dropped; instead that share of new
+    connections to *role* is refused with a reset (a flaky exit that turns away some
+    connections and serves the rest).
     """
     table, ip = blackhole_table(role), host_ip(role)
+    if refuse_percent is None:
+        rules = f"\t\tip daddr {ip} drop\n\t\tip saddr {ip} drop\n"
+    else:
+        if not 0 < refuse_percent < 100:
+            raise ValueError(f"refuse_percent must be within 1..99, got {refuse_percent}")
+        rules = (f"\t\tip daddr {ip} tcp flags & (syn | ack) == syn "
+                 f"numgen random mod 100 < {refuse_percent} reject with tcp reset\n")
     return (f"table inet {table}\n"
             f"delete table inet {table}\n"
             f"table inet {table} {{\n"
             "\tchain forward {\n"
             "\t\ttype filter hook forward priority filter; policy accept;\n"
-            f"\t\tip daddr {ip} drop\n"
-            f"\t\tip saddr {ip} drop\n"
+            f"{rules}"
             "\t}\n"
             "}\n")
 

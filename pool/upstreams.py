@@ -8,12 +8,16 @@ opened them until they end, and the pool that lost the choice closes its idle
 connections (``drain``), so its pooled connections go away without cutting anything.
 
 Failures met on the way (refused, reset or silent proxy, 407, a 5xx from the proxy) are
-reported through ``on_signal`` (the monitor turns them into an immediate probe); the
-success path pays one comparison of the status code.
+reported through ``on_signal`` (the monitor turns them into an immediate probe); so is a
+request or tunnel still without an answer after ``slow_after`` seconds: a proxy that
+vanished (packets silently dropped) shows up only as silence, and waiting for the
+connect timeout would leave new flows going to it for that much longer. The success path
+pays one timer (armed and cancelled) and one comparison of the status code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +34,9 @@ from atlantic.pool.errors import (
 __all__ = ["AllUpstreamsDownError", "Choice", "FlowFailure", "Signal", "UpstreamSet"]
 
 
+SLOW_AFTER_S = 2.0  # past a lost SYN's first retransmission (1 s) and a usual proxy answer
+
+
 class AllUpstreamsDownError(UpstreamUnreachableError):
     """No upstream is healthy: Atlantic fails closed (flows are refused, never sent direct)."""
 
@@ -40,6 +47,7 @@ class FlowFailure(enum.Enum):
     REFUSED = "refused"  # connection refused or reset by the proxy
     TIMEOUT = "timeout"  # no connection, or no answer, in time
     AUTH = "auth"  # 407 from the proxy
+    SLOW = "slow"  # no answer yet after slow_after seconds (the flow still waits)
     RESPONSE = "response"  # a 407 / 5xx response: the monitor reads its headers
 
 
@@ -66,12 +74,13 @@ class UpstreamSet:
     """A :class:`Pool` over several upstream pools; new flows go to the chosen one."""
 
     def __init__(self, pools: Sequence[Pool], *, names: Sequence[str] | None = None,
-                 on_signal: Callable[[Signal], None] | None = None) -> None:
+                 on_signal: Callable[[Signal], None] | None = None, slow_after: float = SLOW_AFTER_S) -> None:
         if not pools:
             raise ValueError("an UpstreamSet needs at least one upstream")
         self.pools = tuple(pools)
         self.names = tuple(names) if names is not None else tuple(f"upstream {i + 1}" for i in range(len(pools)))
         self.on_signal = on_signal
+        self.slow_after = slow_after
         self.choice = Choice(0)
         self.failovers = 0
 
@@ -97,11 +106,14 @@ class UpstreamSet:
     async def request(self, head: RequestHead, body: AsyncIterator[bytes] | None) -> ResponseStream:
         """Send one request on the chosen upstream (see ``api.Pool.request``)."""
         index, pool = self._current()
+        timer = self._watch(index)
         try:
             response = await pool.request(head, body)
         except UpstreamError as exc:
             self._report(index, exc)
             raise
+        finally:
+            timer.cancel()
         status = response.head.status
         if status >= 500 or status == 407:
             self._signal(Signal(index, FlowFailure.RESPONSE, f"{status} {response.head.reason}",
@@ -111,11 +123,19 @@ class UpstreamSet:
     async def open_tunnel(self, host: str, port: int) -> ByteStream:
         """A tunnel through the chosen upstream (see ``api.Pool.open_tunnel``)."""
         index, pool = self._current()
+        timer = self._watch(index)
         try:
             return await pool.open_tunnel(host, port)
         except UpstreamError as exc:
             self._report(index, exc)
             raise
+        finally:
+            timer.cancel()
+
+    def _watch(self, index: int) -> asyncio.TimerHandle:
+        """Signal SLOW if the caller is still waiting after ``slow_after`` seconds."""
+        return asyncio.get_running_loop().call_later(
+            self.slow_after, self._signal, Signal(index, FlowFailure.SLOW, f"no answer within {self.slow_after:g} s"))
 
     def _report(self, index: int, exc: UpstreamError) -> None:
         if isinstance(exc, UpstreamAuthError):

@@ -141,6 +141,7 @@ def plan_routing(
 
 
 _FIB_RULE_INVERT = 0x2
+_RTN_UNREACHABLE = 7  # <linux/rtnetlink.h>
 
 
 def _rule_args(rule: Rule) -> dict:
@@ -246,6 +247,33 @@ def restore(record: RoutingPlan) -> list[str]:
         except OSError as exc:
             failures.append(f"sysctl {s.path}: {exc}")
     return failures
+
+
+def missing(plan: RoutingPlan) -> list[str]:
+    """What of ``plan``'s rules and routes is no longer in place, one line each (empty:
+    all there). Someone else's tool may have removed them: systemd-networkd with
+    ManageForeignRoutingPolicyRules, a VPN script, ``ip rule flush``."""
+    from pyroute2 import IPRoute
+
+    out: list[str] = []
+    with IPRoute() as ipr:
+        for family in sorted({r.family for r in plan.rules}):
+            have = {(r.get_attr("FRA_PRIORITY"), r.get_attr("FRA_TABLE") or r.get("table"), r.get("dst_len"))
+                    for r in ipr.get_rules(family=family)}
+            for rule in plan.rules:
+                dst_len = ipaddress.ip_network(rule.dst, strict=False).prefixlen if rule.dst else 0
+                if rule.family == family and (rule.priority, rule.table, dst_len) not in have:
+                    out.append(f"ip rule {rule.priority} (lookup {rule.table})")
+        for route in plan.routes:
+            defaults = [r for r in ipr.get_routes(family=route.family, table=route.table) if r.get("dst_len") == 0]
+            if route.dev is None:  # the fail-closed one (IPv6 gives it dev lo: match the type)
+                present = any(r.get("type") == _RTN_UNREACHABLE for r in defaults)
+            else:  # through the TUN (an IPv6 metric 0 reads back as 1024: match the device)
+                present = any(r.get_attr("RTA_OIF") in ipr.link_lookup(ifname=route.dev) for r in defaults)
+            if not present:
+                family = "IPv6" if route.family == socket.AF_INET6 else "IPv4"
+                out.append(f"{family} {'unreachable ' if route.dev is None else ''}default route of table {route.table}")
+    return out
 
 
 def delete_link(name: str) -> bool:

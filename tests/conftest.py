@@ -21,6 +21,8 @@ from atlantic_lab import LAB_ENV, atlantic, lab_required, lab_unavailable, statu
 from atlantic.lab import LabEnv, LabError, acquire, missing_tools, ns_exec_argv, release
 
 LAB_DELAY_MS = 20.0
+# The health monitor probes and checks the exit against the lab's origin, never a public name.
+LAB_HEALTH = '[health]\nprobe_url = "http://origin.test/small"\nexpected_status = 200\necho_url = "http://origin.test/ip"\n'
 LAB_MARKERS = ("lab", "lab_local")
 _lab_started = False
 
@@ -169,7 +171,7 @@ def up(lab, tmp_path):
         cfg = tmp_path / "atlantic.toml"
         cfg.touch(mode=0o600)  # the URL holds the proxy password
         keys = "".join(f'{k} = "{v}"\n' for k, v in upstream_keys.items())
-        cfg.write_text(f'[upstream]\nurl = "{url}"\n{keys}')
+        cfg.write_text(f'[upstream]\nurl = "{url}"\n{keys}{LAB_HEALTH}')
         atlantic(lab, "down")
         res = atlantic(lab, "up", "--config", str(cfg))
         assert res.returncode == 0, res.stderr

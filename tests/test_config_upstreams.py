@@ -180,12 +180,14 @@ def test_supervised_task_restarts_after_a_failure(monkeypatch, caplog):
 
     async def flaky():
         runs.append(1)
-        if len(runs) < 3:
+        if len(runs) == 1:
+            raise ExceptionGroup("unhandled errors in a TaskGroup", [KeyError("boom")])
+        if len(runs) == 2:
             raise KeyError("boom")
         await asyncio.sleep(3600)
 
     async def main():
-        task = asyncio.create_task(outbound._supervised("watcher", flaky))
+        task = asyncio.create_task(outbound.supervised("watcher", flaky))
         for _ in range(200):
             if len(runs) >= 3:
                 break

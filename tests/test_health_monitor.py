@@ -135,3 +135,29 @@ def test_a_refused_flow_is_reported_as_a_signal():
         return got
     got = asyncio.run(main())
     assert got and got[0].failure is FlowFailure.REFUSED and got[0].index == 0
+
+
+def test_a_silent_proxy_is_signalled_while_the_flow_still_waits():
+    """A proxy that accepts and never answers: SLOW is signalled after slow_after, before the
+    flow gives up (a blackholed proxy would otherwise be noticed only at the connect timeout)."""
+    async def main():
+        got = []
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel accepts; nobody ever answers
+        try:
+            pool = UpstreamPool(f"http://u:pw@127.0.0.1:{silent.getsockname()[1]}", warm_tunnels=0)
+            ups = UpstreamSet([pool], on_signal=got.append, slow_after=0.1)
+            flow = asyncio.create_task(ups.open_tunnel("origin.test", 443))
+            await until(lambda: got)
+            assert not flow.done()  # the signal came while the flow still waits
+            flow.cancel()
+            with contextlib.suppress(asyncio.CancelledError, UpstreamUnreachableError):
+                await flow
+            await ups.aclose()
+        finally:
+            silent.close()
+        return got
+    got = asyncio.run(main())
+    assert [(s.index, s.failure) for s in got] == [(0, FlowFailure.SLOW)]
+    assert "no answer within 0.1 s" in got[0].detail

@@ -1,0 +1,89 @@
+"""Keeping the machine sealed and the pool fresh while the network changes under it.
+
+Three inputs: a network change from :class:`~atlantic.system.netwatch.NetWatch` (a new
+address, default route or uplink, a link bounce, a resume from suspend), and a check
+every ``CHECK_S`` seconds, because some removals make no netlink noise at all (``nft flush
+ruleset``, ``systemctl reload nftables``). What it does:
+
+- a major change: the pools drop their idle and warm connections (they belong to the old
+  path; a flow under way finishes or fails on its own), the leak probe runs again;
+- any change, and every check: whatever someone removed of our ip rules, routes and
+  kill-switch table is put back, one log line saying what. The kill switch stays on while
+  offline; nothing here ever lifts it.
+
+Every netlink dump and ``nft`` call runs in a worker thread, never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from atlantic.system import killswitch, routing
+from atlantic.system.netchange import Change
+
+log = logging.getLogger("atlantic")
+
+CHECK_S = 5.0
+
+
+class NetGuard:
+    """Reacts to network changes and restores what others removed."""
+
+    def __init__(self, *, plan: routing.RoutingPlan, killswitch_config: killswitch.KillSwitchConfig | None,
+                 drain: Callable[[], None], recheck_leaks: Callable[[], None], check_every: float = CHECK_S) -> None:
+        self.plan, self.ks = plan, killswitch_config
+        self.drain, self.recheck_leaks, self.check_every = drain, recheck_leaks, check_every
+        self.changes = 0
+        self.major_changes = 0
+        self.repairs = 0
+        self.last_change: str | None = None
+        self._wake = asyncio.Event()
+
+    def on_change(self, change: Change) -> None:
+        """From NetWatch, on the loop: act at once on the pool, then check soon."""
+        self.changes += 1
+        self.last_change = change.line()
+        if change.is_major:
+            self.major_changes += 1
+            self.drain()
+        self.recheck_leaks()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Until cancelled: check (and repair) after each change and every ``check_every`` s."""
+        while True:
+            self._wake.clear()
+            lines = await asyncio.to_thread(self.repair)
+            for line in lines:
+                log.warning("%s", line)
+            try:
+                async with asyncio.timeout(self.check_every):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def repair(self) -> list[str]:
+        """Put back what is missing (in a worker thread); one line per repair or failure."""
+        lines: list[str] = []
+        if self.ks is not None and not killswitch.is_active():
+            try:
+                killswitch.apply(self.ks)
+                lines.append("the kill switch table was removed by someone else: put back")
+            except killswitch.KillSwitchError as exc:
+                lines.append(f"the kill switch table is gone and cannot be put back: {exc}")
+        gone = routing.missing(self.plan)
+        if gone:
+            try:
+                routing.apply(self.plan)
+                lines.append(f"removed by someone else, put back: {', '.join(gone)}")
+            except Exception as exc:  # noqa: BLE001 - say so; the kill switch still holds
+                lines.append(f"cannot put back {', '.join(gone)}: {exc}")
+        self.repairs += len(lines)
+        return lines
+
+    def status(self) -> dict:
+        """The ``network`` part of status."""
+        return {"changes": self.changes, "major_changes": self.major_changes, "repairs": self.repairs,
+                "last_change": self.last_change}
