@@ -252,7 +252,8 @@ class Daemon:
         """The watchers off every flow's path: network changes (and what others remove of
         our routing and kill switch), systemd's watchdog and status line."""
         self.guard = NetGuard(plan=plan, killswitch_config=ks_config, drain=self.outbound.drain,
-                              recheck_leaks=self.outbound.leaks.recheck)
+                              recheck_leaks=self.outbound.leaks.recheck, lan=self.cfg.capture.lan,
+                              tun=self.cfg.tun.name)
         watch = NetWatch(self.guard.on_change, tun=self.cfg.tun.name, table=self.cfg.routing.table)
         tasks = [("network monitor", watch.run), ("routing guard", self.guard.run),
                  ("status line", self._status_line_forever)]

@@ -14,6 +14,7 @@ thin HTTP adapter (prometheus-client's own server thread).
 from __future__ import annotations
 
 import ipaddress
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -96,6 +97,16 @@ def families(report: dict) -> list:
     return [f for f in out if f is not None]
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@]*@")
+
+
+def upstream_label(url: str) -> str:
+    """An upstream as a label: scheme, host and port. The user name goes (providers put the
+    customer and session in it, and any local user may scrape /metrics); so does a
+    password, should one ever get this far."""
+    return _USERINFO.sub("", url)
+
+
 def _health_families(health: dict | None) -> list:
     if not isinstance(health, dict):
         return []
@@ -107,7 +118,7 @@ def _health_families(health: dict | None) -> list:
     exit_info = InfoMetricFamily("atlantic_exit", "The exit address seen through an upstream",
                                  labels=["upstream"])
     for view in health.get("upstreams") or []:
-        name = str(view.get("url", ""))
+        name = upstream_label(str(view.get("url", "")))
         up.add_metric([name], 1 if view.get("state") == "up" else 0)
         active.add_metric([name], 1 if view.get("active") else 0)
         if view.get("latency_ms") is not None:

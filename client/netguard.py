@@ -9,7 +9,10 @@ ruleset``, ``systemctl reload nftables``). What it does:
   path; a flow under way finishes or fails on its own), the leak probe runs again;
 - any change, and every check: whatever someone removed of our ip rules, routes and
   kill-switch table is put back, one log line saying what. The kill switch stays on while
-  offline; nothing here ever lifts it.
+  offline; nothing here ever lifts it;
+- the networks reached by routes of their own (a VPN's ``10.0.0.0/8``, the LAN subnet),
+  whose flows the kill switch refuses unless ``capture.lan`` lists them, are listed in
+  status and logged whenever the list changes (see :mod:`atlantic.system.uncovered`).
 
 Every netlink dump and ``nft`` call runs in a worker thread, never on the loop.
 """
@@ -22,7 +25,9 @@ from collections.abc import Callable
 
 from atlantic.system import killswitch, routing
 from atlantic.system.netchange import Change
+from atlantic.system.uncovered import uncovered
 
+MAX_LISTED = 8  # routes named in the log line; status lists them all
 log = logging.getLogger("atlantic")
 
 CHECK_S = 5.0
@@ -32,8 +37,10 @@ class NetGuard:
     """Reacts to network changes and restores what others removed."""
 
     def __init__(self, *, plan: routing.RoutingPlan, killswitch_config: killswitch.KillSwitchConfig | None,
-                 drain: Callable[[], None], recheck_leaks: Callable[[], None], check_every: float = CHECK_S) -> None:
-        self.plan, self.ks = plan, killswitch_config
+                 drain: Callable[[], None], recheck_leaks: Callable[[], None], check_every: float = CHECK_S,
+                 lan: tuple[str, ...] = (), tun: str = "") -> None:
+        self.plan, self.ks, self.lan, self.tun = plan, killswitch_config, lan, tun
+        self.blocked_routes: list[str] = []
         self.drain, self.recheck_leaks, self.check_every = drain, recheck_leaks, check_every
         self.changes = 0
         self.major_changes = 0
@@ -81,9 +88,16 @@ class NetGuard:
             except Exception as exc:  # noqa: BLE001 - say so; the kill switch still holds
                 lines.append(f"cannot put back {', '.join(gone)}: {exc}")
         self.repairs += len(lines)
+        blocked = [r.describe() for r in uncovered(routing.main_routes(), lan=self.lan, tun=self.tun)]
+        if blocked != self.blocked_routes:
+            self.blocked_routes = blocked
+            if blocked:
+                more = f" and {len(blocked) - MAX_LISTED} more" if len(blocked) > MAX_LISTED else ""
+                lines.append(f"blocked while up (reached by routes of their own, not the default one): "
+                             f"{', '.join(blocked[:MAX_LISTED])}{more}; list a prefix in capture.lan to reach it directly")
         return lines
 
     def status(self) -> dict:
         """The ``network`` part of status."""
         return {"changes": self.changes, "major_changes": self.major_changes, "repairs": self.repairs,
-                "last_change": self.last_change}
+                "last_change": self.last_change, "blocked_routes": list(self.blocked_routes)}

@@ -51,7 +51,8 @@ from atlantic.forwarder.http1_heads import (
     split_host,
 )
 from atlantic.forwarder.stream_relay import relay_stream
-from atlantic.pool.api import Endpoint, LocalProtocolError, Pool, ResponseStream, SplicingResponseStream
+from atlantic.pool.api import Endpoint, Pool, ResponseStream, SplicingResponseStream
+from atlantic.pool.errors import LocalProtocolError
 from atlantic.pool.splice import set_reset_on_close
 
 __all__ = ["HEAD_TIMEOUT_S", "HttpCounters", "NoteError", "serve_http"]

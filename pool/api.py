@@ -14,20 +14,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from atlantic.pool.errors import UpstreamError
-
 if TYPE_CHECKING:
     from atlantic.pool.splice import ByteCounters
 
 Headers = tuple[tuple[str, str], ...]
-
-
-class LocalProtocolError(UpstreamError):
-    """The request cannot be sent as HTTP: the caller's fault (the application's), not the
-    upstream's. Raised before anything reaches a connection: a host that is not an ASCII
-    name or IP literal, a header value that is not Latin-1 text or holds a control
-    character, a target with bytes HTTP does not allow. One line, naming what is wrong.
-    """
 
 
 @dataclass(frozen=True, slots=True)

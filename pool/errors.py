@@ -45,3 +45,11 @@ class UpstreamTargetError(UpstreamStatusError):
 
 class RemoteProtocolError(UpstreamError):
     """The proxy broke HTTP/1.1: malformed, oversized or truncated response head."""
+
+
+class LocalProtocolError(UpstreamError):
+    """The request cannot be sent as HTTP: the caller's fault (the application's), not the
+    upstream's. Raised before anything reaches a connection: a host that is not an ASCII
+    name or IP literal, a header value that is not Latin-1 text or holds a control
+    character, a target with bytes HTTP does not allow. One line, naming what is wrong.
+    """

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable
 
 import h11
 
-from atlantic.pool.errors import RemoteProtocolError, UpstreamError
+from atlantic.pool.api import RequestHead, ResponseHead
+from atlantic.pool.errors import LocalProtocolError, RemoteProtocolError, UpstreamError
 from atlantic.pool.splice import ByteCounters, RelayEnd
-from atlantic.pool.api import LocalProtocolError, RequestHead, ResponseHead
 from atlantic.pool.transport import Transport
 
 __all__ = ["ConnectionLost", "H1Connection", "H1ResponseStream", "HOP_BY_HOP", "check_host",

@@ -276,6 +276,24 @@ def missing(plan: RoutingPlan) -> list[str]:
     return out
 
 
+def main_routes() -> list:
+    """The main table's routes (IPv4 and IPv6) as :class:`.uncovered.MainRoute` values."""
+    from pyroute2 import IPRoute
+
+    from atlantic.system.uncovered import MainRoute
+
+    kinds = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+    out = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for r in ipr.get_routes(family=family, table=MAIN_TABLE):
+                dst = r.get_attr("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+                out.append(MainRoute(f"{dst}/{r.get('dst_len', 0)}", names.get(r.get_attr("RTA_OIF"), ""),
+                                     r.get_attr("RTA_GATEWAY") or "", kinds.get(r.get("type"), "other")))
+    return out
+
+
 def delete_link(name: str) -> bool:
     """Delete network device ``name`` if it exists (a TUN left by a crash); True if deleted."""
     from pyroute2 import IPRoute

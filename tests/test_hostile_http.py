@@ -22,7 +22,8 @@ from http1_peers import LoopbackPool, Origin, app_flow, read_response
 
 from atlantic.forwarder.dispatch import Dispatcher
 from atlantic.forwarder.http1 import HttpCounters, serve_http
-from atlantic.pool.api import Endpoint, LocalProtocolError, RequestHead
+from atlantic.pool.api import Endpoint, RequestHead
+from atlantic.pool.errors import LocalProtocolError
 from atlantic.pool.errors import UpstreamError
 from atlantic.pool.exchange import h2_request_headers
 from atlantic.pool.http11 import request_event

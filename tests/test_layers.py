@@ -26,7 +26,7 @@ PURE = [
     "pool/plan.py", "pool/connect.py", "pool/upstream.py", "pool/errors.py",
     "pool/keepalive.py", "pool/counters.py", "pool/proxyurl.py",
     "health/leaks.py", "health/state.py", "health/signals.py", "health/leakwatch.py",
-    "system/netchange.py",
+    "system/netchange.py", "system/uncovered.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "os", "subprocess", "time", "select", "threading"}
 

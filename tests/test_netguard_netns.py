@@ -51,6 +51,14 @@ def test_what_others_remove_is_put_back_and_major_changes_drain():
             assert killswitch.is_active() and routing.missing(plan) == [] and guard.repair() == []
             assert guard.status()["repairs"] == 2
 
+            run("ip", "addr", "add", "192.168.77.1/24", "dev", "atl0p")
+            run("ip", "link", "set", "atl0p", "up")
+            run("ip", "route", "add", "10.9.0.0/16", "via", "192.168.77.2")
+            lines = guard.repair()
+            assert len(lines) == 1 and lines[0].startswith("blocked while up") and "capture.lan" in lines[0]
+            assert sorted(guard.status()["blocked_routes"]) == ["10.9.0.0/16 via 192.168.77.2 dev atl0p", "192.168.77.0/24 dev atl0p"]
+            assert guard.repair() == []  # said once, until the list changes
+
             guard.on_change(Change(Kind.MINOR, ("new address 10.0.0.2/24 on eth1",)))
             guard.on_change(Change(Kind.MAJOR, ("new default route via 10.0.0.1 dev eth1",)))
             assert calls == ["recheck", "drain", "recheck"]
