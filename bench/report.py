@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-PEER_ORDER = ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")
+PEER_ORDER = ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", "atlantic h1, no monitor")
 ATLANTIC = ("atlantic h1", "atlantic h2")
 
 

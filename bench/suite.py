@@ -13,6 +13,8 @@ interleaved so the machine's noise hits all of them alike:
                   to the same Squid: a new CONNECT per flow
     atlantic h1   Atlantic up with Squid (HTTP/1.1 pool, warm CONNECTs)
     atlantic h2   Atlantic up with the lab's nghttpx HTTP/2 front of Squid
+    atlantic h1, no monitor   as atlantic h1 with [health] enabled = false (only when
+                  named in --peers: it measures what the health monitor costs)
   workloads
     chunks-http / chunks-https   30 x 2 MB, a new curl process (connection) per chunk
     ytdlp-debian / ytdlp-pypi    yt-dlp downloading the lab's HLS stream (~20 segments of
@@ -79,11 +81,14 @@ class Peer:
     slug: str  # as named on the command line
     kind: str
     h2: bool = False
+    monitor: bool = True  # Atlantic's health monitor on (the default) or off
 
 
 PEERS = [Peer("direct", "direct", "direct"), Peer("squid -x", "squid", "proxy"), Peer("ideal", "ideal", "ideal"),
          Peer("sing-box", "sing-box", "sing-box"), Peer("atlantic h1", "atlantic-h1", "atlantic"),
-         Peer("atlantic h2", "atlantic-h2", "atlantic", h2=True)]
+         Peer("atlantic h2", "atlantic-h2", "atlantic", h2=True),
+         Peer("atlantic h1, no monitor", "atlantic-h1-nomon", "atlantic", monitor=False)]
+DEFAULT_PEERS = [p for p in PEERS if p.monitor]  # the monitor's cost is a run of its own (--peers)
 
 
 @dataclass
@@ -105,7 +110,8 @@ def running(env, peer: Peer):
         finally:
             singbox.stop(pid)
     elif peer.kind == "atlantic":
-        w.atlantic_up(env, env.h2_proxy_url if peer.h2 else env.proxy_url, env.ca_file if peer.h2 else None)
+        w.atlantic_up(env, env.h2_proxy_url if peer.h2 else env.proxy_url, env.ca_file if peer.h2 else None,
+                      monitor=peer.monitor)
         try:
             yield Running(peer, None, status(env)["pid"])
         finally:
@@ -260,14 +266,15 @@ def wait_proxy_idle(env, timeout: float = 90.0) -> None:
         time.sleep(1)
 
 
+NOMON = "atlantic h1, no monitor"  # run with --peers atlantic-h1,atlantic-h1-nomon: the monitor's cost
 WORKLOADS = {
-    "chunks-http": (chunks("http"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
-    "chunks-https": (chunks("https"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
+    "chunks-http": (chunks("http"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
+    "chunks-https": (chunks("https"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
     "ytdlp-debian": (ytdlp(w.DEBIAN_YTDLP), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
     "ytdlp-pypi": (ytdlp(PYPI_YTDLP), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
-    "small": (small, ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
-    "bulk1": (bulk(1), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
-    "bulk4": (bulk(4), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
+    "small": (small, ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
+    "bulk1": (bulk(1), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
+    "bulk4": (bulk(4), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
     "memory": (memory, ("sing-box", "atlantic h1", "atlantic h2")),
 }
 
@@ -333,7 +340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rtts", default="0,40", help="round-trip times in ms, comma-separated")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--peers", default=",".join(p.slug for p in PEERS))
+    ap.add_argument("--peers", default=",".join(p.slug for p in DEFAULT_PEERS))
     ap.add_argument("--chunks", type=int, default=30)
     ap.add_argument("--small", type=int, default=1000)
     ap.add_argument("--streams", type=int, default=100)

@@ -148,9 +148,11 @@ class HealthSettings:
     """The ``[health]`` section: what the monitor probes, how often, how sure it must be.
 
     The default probe and echo URLs are public services (Cloudflare's 204 page and
-    ip-api's JSON); ``echo_url = ""`` turns the exit check off.
+    ip-api's JSON); ``echo_url = ""`` turns the exit check off; ``enabled = false`` turns
+    the monitor off (one upstream only: there is nothing to fail over to then).
     """
 
+    enabled: bool = True
     probe_url: str = "http://cp.cloudflare.com/generate_204"
     expected_status: int = 204
     echo_url: str | None = "http://ip-api.com/json/?fields=query,countryCode"
@@ -445,6 +447,9 @@ def parse_config(text: str, source: str = "<config>") -> tuple[Config, list[Conf
         health=read_health(_section(raw, "health", problems), problems),
         source=source,
     )
+    if not cfg.health.enabled and cfg.standbys:
+        problems.append(ConfigProblem("health.enabled", "false needs a single upstream: with several, the monitor "
+                                                        "is what moves flows to the next one"))
     return cfg, problems
 
 

@@ -44,6 +44,7 @@ def read_health(table: dict[str, Any], problems: list[ConfigProblem]) -> HealthS
         r._bad("echo_url", why)
         echo_url = d.echo_url
     settings = HealthSettings(
+        enabled=r.get("enabled", bool, True, "true or false"),
         probe_url=probe_url,
         expected_status=r.number("expected_status", d.expected_status, 100, 599, integer=True),
         echo_url=echo_url or None,

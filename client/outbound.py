@@ -3,7 +3,8 @@ chooses between them, the health monitor and the leak detector.
 
 With one proxy or several, flows go through an :class:`~atlantic.pool.upstreams.UpstreamSet`
 whose choice the :class:`~atlantic.health.monitor.HealthMonitor` publishes; a direct
-upstream has nothing to fail over to or probe, so its pool serves flows by itself. The
+upstream has nothing to fail over to or probe, so its pool serves flows by itself, as
+does a single proxy with ``[health] enabled = false``. The
 leak detector runs either way (the kill switch guards direct mode too). Both background
 tasks are supervised: a bug in one is one log line a minute and a restart, never the end
 of the daemon, and never a flow's problem.
@@ -128,7 +129,7 @@ def build(cfg: Config, urls: list[str], upstreams: list[Upstream], pinned: dict[
     target = None if first.is_direct else ProbeTarget(pinned.get(first.host, first.host), first.port)
     leaks = LeakDetector(read_counters=killswitch.counters, target=target, own_addresses=local_addresses,
                          kill_switch=cfg.capture.kill_switch)
-    if first.is_direct:
+    if first.is_direct or not cfg.health.enabled:
         return Outbound(pools[0], pools, None, leaks)
     upset = UpstreamSet(pools, names=[u.redacted() for u in upstreams])
     monitor = HealthMonitor(

@@ -26,11 +26,14 @@ def ns(lab: LabEnv, argv: list[str], timeout: float = 900, **kw) -> subprocess.C
                           timeout=timeout, **kw)
 
 
-def atlantic_up(env: LabEnv, url: str, ca: str | None = None, settle_s: float = 0.5) -> None:
-    """`atlantic up` in the client namespace with upstream ``url`` (and a CA for https://)."""
+def atlantic_up(env: LabEnv, url: str, ca: str | None = None, settle_s: float = 0.5, monitor: bool = True) -> None:
+    """`atlantic up` in the client namespace with upstream ``url`` (and a CA for https://);
+    the health monitor probes the lab's origin, or is off (``monitor=False``)."""
     ns(env, [sys.executable, "-m", "atlantic", "down"])
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(f'[upstream]\nurl = "{url}"\n' + (f'ca_file = "{ca}"\n' if ca else ""))
+    health = (f'[health]\nprobe_url = "http://{env.origin_host}/small"\nexpected_status = 200\n'
+              f'echo_url = "http://{env.origin_host}/ip"\n' if monitor else "[health]\nenabled = false\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:  # 0600: the URL has the password
+        f.write(f'[upstream]\nurl = "{url}"\n' + (f'ca_file = "{ca}"\n' if ca else "") + health)
     try:
         res = ns(env, [sys.executable, "-m", "atlantic", "up", "--config", f.name])
         if res.returncode != 0:

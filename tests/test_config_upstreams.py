@@ -200,3 +200,14 @@ def test_supervised_task_restarts_after_a_failure(monkeypatch, caplog):
     assert len(runs) == 3
     lines = [r.getMessage() for r in caplog.records if "watcher failed" in r.getMessage()]
     assert len(lines) == 1 and "KeyError" in lines[0]
+
+
+def test_the_monitor_can_be_turned_off_for_a_single_upstream_only():
+    """[health] enabled = false: one proxy's pool serves flows by itself; with standbys it is refused."""
+    cfg, problems = parse_config('[upstream]\nurl = "http://u@gw.example.net:1"\n[health]\nenabled = false\n')
+    assert problems == [] and not cfg.health.enabled
+    out = outbound.build(cfg, ["http://u:p@gw.example.net:1"], [parse_upstream("http://u:p@gw.example.net:1")],
+                         {"gw.example.net": "10.9.0.1"})
+    assert out.monitor is None and isinstance(out.pool, UpstreamPool)
+    _, problems = parse_config(TWO + "[health]\nenabled = false\n")
+    assert keys(problems) == ["health.enabled"]
