@@ -42,9 +42,9 @@ MAX_OTHERS = 64  # all non-root connections together: bounds the file descriptor
 LISTEN_BACKLOG = 64
 ROOT_UID = 0
 PUBLIC_COMMANDS = frozenset({"status"})  # read-only: what a non-root peer may ask
-# Who may connect: every local user. To restrict the socket to a group (the laptop issue),
-# set this to its name: the socket then becomes root:<group>, mode 0660.
-SOCKET_GROUP: str | None = None
+# Who may connect: when this system group exists (the Debian package creates it), root and
+# its members (root:atlantic, mode 0660); on a machine without it, every local user.
+SOCKET_GROUP: str | None = "atlantic"
 HIDDEN = "(hidden: run as root to see it)"
 Handler = Callable[[dict], dict]
 
@@ -65,7 +65,10 @@ def socket_access() -> tuple[int, int | None]:
     """The control socket's mode and group (None: leave it root's): who may connect at all."""
     if SOCKET_GROUP is None:
         return 0o666, None
-    return 0o660, grp.getgrnam(SOCKET_GROUP).gr_gid
+    try:
+        return 0o660, grp.getgrnam(SOCKET_GROUP).gr_gid
+    except KeyError:  # no such group here: everyone may ask status (answers are redacted)
+        return 0o666, None
 
 
 def may_run(uid: int, cmd: str, public: Iterable[str]) -> bool:
@@ -374,6 +377,9 @@ def request(path: Path, cmd: str, timeout: float = 2.0, **args) -> dict:
                 chunks.append(chunk)
         except (FileNotFoundError, ConnectionRefusedError):
             raise ControlError("the daemon is not running") from None
+        except PermissionError:
+            raise ControlError(f"not allowed to ask the daemon: join the {SOCKET_GROUP} group "
+                               f"(sudo adduser $USER {SOCKET_GROUP}, then log in again), or use sudo") from None
         except TimeoutError:
             raise ControlTimeout(f"the daemon at {path} did not answer within {timeout:g} s") from None
         except OSError as exc:

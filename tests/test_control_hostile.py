@@ -277,3 +277,26 @@ def test_up_leaves_a_running_daemon_whose_socket_does_not_answer(state_dir, monk
             with contextlib.suppress(ProcessLookupError, ChildProcessError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+
+
+@needs_root
+def test_with_the_atlantic_group_only_its_members_may_ask(state_dir, monkeypatch):
+    """When the socket group exists the socket is root:<group> 0660: a member asks status, any
+    other user is told in one line how to join (here the group is nogroup, gid 65534)."""
+    monkeypatch.setattr(control, "SOCKET_GROUP", "nogroup")
+    server = ControlServer(state_dir / "c.sock", {"status": lambda _req: {"state": "up"}}, public=control.PUBLIC_COMMANDS)
+    server.start()
+    try:
+        st = os.stat(server.path)
+        assert (st.st_mode & 0o777, st.st_gid) == (0o660, NOBODY)
+        assert nobody_request(server.path, "status") == {"state": "up"}  # gid 65534: a member
+        proc = subprocess.run(
+            ["setpriv", "--reuid=1", "--regid=1", "--clear-groups", sys.executable, "-c",
+             "import sys; from pathlib import Path; from atlantic.client.control import request, ControlError\n"
+             "try:\n    request(Path(sys.argv[1]), 'status', timeout=5)\nexcept ControlError as e:\n    print(e)",
+             str(server.path)], capture_output=True, text=True, timeout=60)
+        assert proc.stdout.strip().startswith("not allowed to ask the daemon: join the atlantic group"), proc
+    finally:
+        server.close()
+    monkeypatch.setattr(control, "SOCKET_GROUP", "no-such-group-here")
+    assert control.socket_access() == (0o666, None)  # no group on this machine: everyone may ask
