@@ -156,7 +156,7 @@ class HealthSettings:
     probe_url: str = "http://cp.cloudflare.com/generate_204"
     expected_status: int = 204
     echo_url: str | None = "http://ip-api.com/json/?fields=query,countryCode"
-    probe_timeout_s: float = 5.0
+    probe_timeout_s: float = 3.0
     active_interval_s: float = 30.0
     standby_interval_s: float = 120.0
     echo_interval_s: float = 600.0

@@ -48,7 +48,7 @@ class MonitorSettings:
 
     probe_url: str = "http://cp.cloudflare.com/generate_204"
     expected_status: int = 204
-    probe_timeout_s: float = 5.0
+    probe_timeout_s: float = 3.0  # with two failures needed: a blackholed proxy is left within ~9 s
     echo_url: str | None = "http://ip-api.com/json/?fields=query,countryCode"
     echo_interval_s: float = 600.0
 

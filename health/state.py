@@ -55,6 +55,7 @@ class HealthConfig:
 
     active_interval_s: float = 30.0  # the upstream carrying traffic
     standby_interval_s: float = 120.0  # the others: ready to take over, cheap to watch
+    all_down_interval_s: float = 2.0  # every upstream down: the machine is offline, so look often
     fail_threshold: int = 2  # failed probes in a row -> DOWN (one lost probe is not an outage)
     retry_after_failure_s: float = 0.5  # a refused proxy is DOWN ~1 s after its first failure
     recover_successes: int = 3  # good probes in a row before a DOWN upstream is UP again
@@ -68,7 +69,7 @@ class HealthConfig:
         if min(self.fail_threshold, self.recover_successes) < 1:
             raise ValueError("health: fail_threshold and recover_successes must be at least 1")
         times = (self.active_interval_s, self.standby_interval_s, self.retry_after_failure_s,
-                 self.lost_probe_s)
+                 self.lost_probe_s, self.all_down_interval_s)
         if not all(math.isfinite(t) and t > 0 for t in times):
             raise ValueError("health: probe intervals, retry and lost-probe times must be > 0")
         holds_ok = 0 <= self.failback_hold_s <= self.failback_hold_max_s
@@ -300,8 +301,10 @@ class HealthMachine:
             return -math.inf
         if u.last_ok is False and u.state is not _S.DOWN:
             t = u.last_probe_at + cfg.retry_after_failure_s
-        elif self._active is None or i == self._active or (i < self._active and u.state is _S.UP):
-            # the active one, a failback candidate (its hold must see probes), or all DOWN
+        elif self._active is None:  # all DOWN: nothing is carried until one recovers
+            t = u.last_probe_at + min(cfg.all_down_interval_s, cfg.active_interval_s)
+        elif i == self._active or (i < self._active and u.state is _S.UP):
+            # the active one, or a failback candidate (its hold must see probes)
             t = u.last_probe_at + cfg.active_interval_s
         else:
             t = u.last_probe_at + cfg.standby_interval_s

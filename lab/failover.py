@@ -154,7 +154,7 @@ class Settings:
     active_interval_s: float = 30.0
     standby_interval_s: float = 120.0
     failback_hold_s: float = 60.0
-    probe_timeout_s: float = 5.0
+    probe_timeout_s: float = 3.0
     gap_s: float = 0.25
     lossy_s: float = 180.0
     failback_limit_s: float = 600.0

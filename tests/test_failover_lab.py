@@ -76,3 +76,39 @@ def test_status_shows_health_and_leaks(failover, lab):
     assert leaks["last"]["exit_address"]["result"] == "ok", leaks
     assert leaks["blocked_packets"] >= 1
     assert "***" in repr(health) and lab.proxy_password not in repr(st)
+
+
+def test_a_dead_probe_url_and_a_garbage_echo_are_status_lines_not_outages(lab, tmp_path):
+    """The probe URL's name resolves nowhere (Squid answers 503 itself, no provider header)
+    and the echo service answers text, not JSON: the upstream stays up and carries traffic,
+    status says what the probe URL did and why the exit is unknown, and nothing is logged
+    as a traceback."""
+    import os
+    import time
+
+    from atlantic_lab import atlantic_up, curl, status
+
+    pw = tmp_path / "pw"
+    pw.write_text(lab.proxy_password + "\n")
+    conf = tmp_path / "atlantic.toml"
+    conf.write_text(f'[upstream]\nurl = "http://{lab.proxy_user}@{lab.proxy_ip}:{lab.squid_port}"\n'
+                    f'password_file = "{pw}"\n[health]\nprobe_url = "http://nowhere.origin.invalid/"\n'
+                    'expected_status = 204\necho_url = "http://origin.test/small"\nactive_interval_s = 1\n')
+    for f in (pw, conf):
+        os.chmod(f, 0o600)
+    with atlantic_up(lab, config=str(conf)) as first:
+        log_file = os.readlink(f"/proc/{first['pid']}/fd/2")  # the daemon logs through its stderr
+        with open(log_file, "rb") as f:
+            start = f.seek(0, 2)
+        deadline, up = time.monotonic() + 30, {}
+        while time.monotonic() < deadline:
+            up = status(lab)["health"]["upstreams"][0]
+            if up["last_result"] and up["exit_error"]:
+                break
+            time.sleep(0.25)
+        assert up["state"] == "up" and "the proxy answers; the probe URL gave 503" in up["last_result"], up
+        assert "not JSON" in up["exit_error"] and up["exit_ip"] is None, up
+        assert curl(lab, "http://origin.test/small").returncode == 0
+        with open(log_file, "rb") as f:
+            f.seek(start)
+            assert b"Traceback" not in f.read()

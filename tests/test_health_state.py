@@ -141,16 +141,16 @@ def test_flap_damping_doubles_the_hold_of_an_upstream_that_fails_after_failback(
 
 
 def test_all_down_means_no_active_and_the_first_recovered_takes_over_at_once():
-    """All DOWN: active None (fail closed), probed at the active pace; the first one UP again
-    is active at once (no hold: nothing to flap from)."""
+    """All DOWN: active None (fail closed), probed every 2 s (the machine is offline); the
+    first one UP again is active at once (no hold: nothing to flap from)."""
     m = HealthMachine(2)
     changes = drive(m, 0.0, 130.0, lambda i, t: t < 100)
     s = m.snapshot(130.0)
     assert (s.active, s.all_down) == (None, True)
     assert repr(m) == "<Health [active: none, failovers: 1 | 0: down, 1: down]>"
-    assert m.next_wakeup(130.0) == pytest.approx(20.65)  # 1 at 150.65: the active pace
+    assert m.next_wakeup(130.0) == pytest.approx(0.85)  # the all-down pace: every 2 s
     changes += drive(m, 130.0, 400.0, lambda i, t: i == 1 and t > 200)
-    assert changes == [(120.8, None), (270.9, 1)]  # 1 good at 210, 240, 270: active at once
+    assert changes == [(120.8, None), (204.7, 1)]  # 1 good at ~200.7, 202.7, 204.7: active at once
 
 
 def test_forced_failover_prefers_an_up_standby_over_an_unknown_one():
