@@ -11,7 +11,9 @@ active upstream (after start, after a failover, after a session rotation and eve
 A probe that the proxy answered with something other than the expected status, without
 any sign that the proxy itself failed (a 407, a provider's error header), means the
 proxy works and the probe URL answered otherwise: the upstream stays up, and the reason
-says what the probe URL did.
+says what the probe URL did. So does a probe that connected to the proxy and then heard
+nothing in time: only a failed connect (refused, reset, silent) or the proxy's own error
+takes an upstream down.
 """
 
 from __future__ import annotations
@@ -121,6 +123,13 @@ class HealthMonitor:
         self._wake.set()
 
     def _judge(self, result: ProbeResult) -> tuple[bool, str]:
+        if not result.ok and result.status == 0 and result.reached_proxy:
+            # Connected, then silence: a probe URL the exit cannot reach (Squid waiting on its
+            # DNS, a firewalled probe host) looks the same as a wedged proxy. Counting it would
+            # take a working upstream down (with one upstream: the whole machine offline) for
+            # the probe URL's sake; a proxy that vanished fails the connect instead.
+            return True, (f"the proxy accepted the probe; the probe URL gave no answer within "
+                          f"{self.settings.probe_timeout_s:g} s")
         if result.ok or result.status == 0:
             return result.ok, result.reason
         verdict = classify_proxy_response(result.status, result.headers)

@@ -40,13 +40,16 @@ class ProbeResult:
     """One probe: ``ok``, its latency when it got an answer, or why it failed (one line).
 
     ``status``/``headers`` are the proxy's answer when there was one, so a failure can be
-    told apart (a provider's error header, a 407)."""
+    told apart (a provider's error header, a 407). ``reached_proxy``: the connection to the
+    proxy (and its TLS) was made, so a timeout after it is the probe URL's silence as much
+    as the proxy's."""
 
     ok: bool
     latency_s: float | None
     reason: str
     status: int = 0
     headers: tuple[tuple[str, str], ...] = ()
+    reached_proxy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +85,18 @@ def _request_bytes(snap: ProxySnapshot, url: str) -> tuple[bytes, bool]:
 
 async def _exchange(snap: ProxySnapshot, url: str, *, mark: int | None, timeout: float,
                     addresses: Mapping[str, str], tls: ssl.SSLContext | None,
-                    clock: Callable[[], float]) -> tuple[int, tuple[tuple[str, str], ...], bytes, float]:
-    """Send the probe request; (status, headers, body, seconds to the head)."""
+                    clock: Callable[[], float], reached: list[bool] | None = None,
+                    ) -> tuple[int, tuple[tuple[str, str], ...], bytes, float]:
+    """Send the probe request; (status, headers, body, seconds to the head). ``reached``
+    gets True appended once the proxy's connection is made."""
     up = snap.upstream
     request, is_connect = _request_bytes(snap, url)
     started = clock()
     t = await open_transport(addresses.get(up.host, up.host), up.port, now=started, mark=mark,
                              tls=tls if up.kind is UpstreamKind.HTTPS else None, server_hostname=up.host,
                              timeout=timeout, what=f"proxy {up.redacted()}")
+    if reached is not None:
+        reached.append(True)
     try:
         t.write(request)
         await t.drain()
@@ -123,19 +130,21 @@ async def probe(snap: ProxySnapshot, url: str, *, expected_status: int = 200, ma
                 clock: Callable[[], float] = time.monotonic) -> ProbeResult:
     """Probe the upstream of ``snap`` with ``url``; never raises."""
     where = f"probe {url} via {snap.upstream.redacted()}"
+    reached: list[bool] = []
     try:
         async with asyncio.timeout(timeout):
             status, headers, _body, latency = await _exchange(
-                snap, url, mark=mark, timeout=timeout, addresses=addresses or {}, tls=tls, clock=clock)
+                snap, url, mark=mark, timeout=timeout, addresses=addresses or {}, tls=tls, clock=clock,
+                reached=reached)
     except TimeoutError:
-        return ProbeResult(False, None, f"{where}: no answer within {timeout:g} s")
+        return ProbeResult(False, None, f"{where}: no answer within {timeout:g} s", reached_proxy=bool(reached))
     except UpstreamError as exc:
         return ProbeResult(False, None, str(exc))
     except (OSError, h11.ProtocolError, ValueError, ssl.SSLError) as exc:
         return ProbeResult(False, None, f"{where}: {type(exc).__name__}: {str(exc)[:120]}")
     ok = status == expected_status or (url.startswith("https:") and 200 <= status < 300)
     reason = f"{status} in {latency * 1000:.0f} ms" if ok else f"{where}: status {status}, expected {expected_status}"
-    return ProbeResult(ok, latency, reason, status, headers)
+    return ProbeResult(ok, latency, reason, status, headers, reached_proxy=True)
 
 
 async def echo(snap: ProxySnapshot, url: str, *, mark: int | None = None, timeout: float = 5.0,

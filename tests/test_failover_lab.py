@@ -79,8 +79,8 @@ def test_status_shows_health_and_leaks(failover, lab):
 
 
 def test_a_dead_probe_url_and_a_garbage_echo_are_status_lines_not_outages(lab, tmp_path):
-    """The probe URL's name resolves nowhere (Squid answers 503 itself, no provider header)
-    and the echo service answers text, not JSON: the upstream stays up and carries traffic,
+    """The probe URL's name resolves nowhere (Squid keeps waiting on its DNS, or answers 503
+    itself) and the echo service answers text, not JSON: the upstream stays up and carries traffic,
     status says what the probe URL did and why the exit is unknown, and nothing is logged
     as a traceback."""
     import os
@@ -106,7 +106,7 @@ def test_a_dead_probe_url_and_a_garbage_echo_are_status_lines_not_outages(lab, t
             if up["last_result"] and up["exit_error"]:
                 break
             time.sleep(0.25)
-        assert up["state"] == "up" and "the proxy answers; the probe URL gave 503" in up["last_result"], up
+        assert up["state"] == "up" and up["last_result"].startswith("the proxy "), repr(up)  # accepted or answered
         assert "not JSON" in up["exit_error"] and up["exit_ip"] is None, up
         assert curl(lab, "http://origin.test/small").returncode == 0
         with open(log_file, "rb") as f:

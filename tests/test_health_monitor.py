@@ -161,3 +161,19 @@ def test_a_silent_proxy_is_signalled_while_the_flow_still_waits():
     got = asyncio.run(main())
     assert [(s.index, s.failure) for s in got] == [(0, FlowFailure.SLOW)]
     assert "no answer within 0.1 s" in got[0].detail
+
+
+def test_a_proxy_that_connects_but_never_answers_the_probe_stays_up():
+    """Connected, then silence (the probe URL unreachable from the exit, Squid waiting on its
+    DNS): the upstream stays up with the reason; only a failed connect takes it down."""
+    async def main():
+        async with ScriptedProxy(silent=True) as p1:
+            settings = MonitorSettings(probe_url="http://probe.test/", expected_status=200, probe_timeout_s=0.2,
+                                       echo_url=None)
+            async with monitored([p1.port], settings) as (mon, ups, _):
+                await until(lambda: (mon.status()["upstreams"][0]["last_result"] or "").startswith("the proxy"))
+                return mon.status(), ups.choice.index
+    status, chosen = asyncio.run(main())
+    up = status["upstreams"][0]
+    assert up["state"] == "up" and chosen == 0
+    assert up["last_result"] == "the proxy accepted the probe; the probe URL gave no answer within 0.2 s"
