@@ -1,12 +1,15 @@
 """The Atlantic daemon: wires the TUN system stack, DNS, routing, the kill switch, the
-forwarder and the control socket.
+forwarder, the outbound side (pools, health monitor, leak detector: ``outbound.py``), the
+network watchers (``netguard.py``), systemd's notify protocol and the control socket.
 
 Start-up order matters for failing safe: the upstream's address is resolved while the
 machine's own DNS still works; the TUN and the listeners exist before routing points at
 them; the state file records what routing and the kill switch will change *before* they
 change it, so ``atlantic down`` can undo a crash at any point. Shutdown is an event
 followed by a bounded drain, then everything is restored in a ``finally``. A crash
-leaves routing and the kill switch in place: traffic fails instead of leaking.
+leaves routing and the kill switch in place: traffic fails instead of leaking. READY=1
+goes to systemd only once routing and the kill switch are in place; SIGHUP re-reads the
+config.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from dataclasses import replace
 from atlantic import __version__
 from atlantic.client import outbound
 from atlantic.client.config import Config, ConfigError
+from atlantic.client.control import PUBLIC_COMMANDS, ControlServer
 from atlantic.client.netguard import NetGuard
 from atlantic.client.sdnotify import Notifier, watchdog_task
-from atlantic.client.control import PUBLIC_COMMANDS, ControlServer
 from atlantic.client.state import StatePaths, load_fakeip, remove_state, write_state
 from atlantic.dns import fakeip
 from atlantic.dns.intercept import DnsInterceptor
