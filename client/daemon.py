@@ -48,6 +48,7 @@ IPV6_FREEBIND = 78  # <linux/in6.h>
 STATUS_TRIES = 5
 STATUS_LOOP_TIMEOUT_S = 2.0
 STATUS_LINE_S = 10.0  # how often systemd's STATUS= line is brought up to date
+RESTART_EXIT = 75  # EX_TEMPFAIL: "stopped for a restart"; a failure to systemd, so it restarts
 
 
 def run_daemon(cfg: Config, upstream_urls: list[str]) -> None:
@@ -111,6 +112,7 @@ class Daemon:
         self.ready = False  # routing applied: `up` returns only then
         self.notifier = Notifier.from_environment()  # systemd's READY/STATUS/WATCHDOG (no-op outside it)
         self.guard: NetGuard | None = None
+        self.keep_sealed = False  # SIGUSR2: stop for a restart, the machine left closed
         self.background: list[asyncio.Task] = []
 
     def _killswitch_config(self, pinned: dict[str, str]) -> killswitch.KillSwitchConfig:
@@ -142,6 +144,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop)
         self.loop.add_signal_handler(signal.SIGHUP, self._reload)
+        self.loop.add_signal_handler(signal.SIGUSR2, self._stop_for_restart)
         cfg = self.cfg
         plan = routing.plan_routing(cfg.tun.name, cfg.routing.table, cfg.routing.fwmark, cfg.routing.rule_priority,
                                     ipv6=self.ipv6, capture_dns=True, lan=cfg.capture.lan)
@@ -215,6 +218,8 @@ class Daemon:
             raise SystemExit(1) from None
         finally:
             await self._shutdown(servers, control, listeners, saver, record)
+        if self.keep_sealed:
+            raise SystemExit(RESTART_EXIT)
 
     async def _shutdown(self, servers, control: ControlServer | None, listeners, saver,
                         record: routing.RoutingPlan) -> None:
@@ -237,6 +242,12 @@ class Daemon:
             await self.outbound.aclose()
         for listener in listeners:
             listener.close()
+        if self.keep_sealed:  # a restart follows: leave the machine closed, as a crash would
+            if self.stack is not None:
+                self.stack.stop()
+            self._save_fakeip()
+            log.info("stopped for a restart: routing and the kill switch stay in place until the next start")
+            return
         if self.cfg.capture.kill_switch:
             try:
                 await asyncio.to_thread(killswitch.remove)
@@ -352,6 +363,13 @@ class Daemon:
             "status": lambda _req: self.status_from_thread(),
             "stop": lambda _req: self._stop(),
         }, public=PUBLIC_COMMANDS)
+
+    def _stop_for_restart(self) -> None:
+        """SIGUSR2 (a package upgrade): drain and exit with RESTART_EXIT, leaving routing and
+        the kill switch in place, so the machine stays closed until the new daemon, which
+        systemd starts (Restart=on-failure), replaces them."""
+        self.keep_sealed = True
+        self._stop()
 
     def _stop(self) -> dict:
         """Ask the loop to stop; safe from any thread (signal handlers and the control socket)."""

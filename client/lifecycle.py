@@ -51,7 +51,9 @@ def run_foreground(cfg: Config) -> None:
     from atlantic.client.daemon import run_daemon
 
     _refuse_if_running(cfg)
-    cleanup_leftovers(cfg)
+    # After a crash or a restart for an upgrade the old kill switch is still in place: keep
+    # it (this daemon replaces the table atomically) so the machine never opens meanwhile.
+    cleanup_leftovers(cfg, keep_killswitch=cfg.capture.kill_switch)
     passed = os.environ.pop(UPSTREAM_ENV, None)
     urls = passed.split("\n") if passed else _secret_urls(cfg)
     os.umask(0o077)  # whatever the daemon writes (state, fake-IP map) is root's alone
@@ -182,8 +184,9 @@ def _wait(has_exited, timeout: float) -> bool:
     return has_exited()
 
 
-def cleanup_leftovers(cfg: Config) -> list[str]:
-    """Undo what a state file records (after a crash); returns lines for steps that failed."""
+def cleanup_leftovers(cfg: Config, *, keep_killswitch: bool = False) -> list[str]:
+    """Undo what a state file records (after a crash); returns lines for steps that failed.
+    ``keep_killswitch``: leave the kill switch for the daemon about to start."""
     from atlantic.system import routing
 
     paths = _paths(cfg)
@@ -191,7 +194,7 @@ def cleanup_leftovers(cfg: Config) -> list[str]:
     if state is None:
         return []
     failures = []
-    if state.get("killswitch"):
+    if state.get("killswitch") and not keep_killswitch:
         from atlantic.system import killswitch
 
         try:

@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# adduser: the Debian package depends on it (tests/test_deb.py installs it into a
+# throwaway root, whose dependencies come from this machine); minimal images lack it.
 packages=(
     squid nginx-light nghttp2-proxy nftables ffmpeg curl iproute2 openssl
-    apache2-utils tcpdump dnsutils procps python3-venv yt-dlp
+    apache2-utils tcpdump dnsutils procps python3-venv yt-dlp adduser
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -94,3 +94,40 @@ def test_notify_watchdog_reload_and_stop(lab, tmp_path):
     assert len(refused) == 1 and "not valid TOML" in refused[0]
     assert "Traceback" not in err
     assert status(lab)["state"] == "down"
+
+
+def test_a_restart_for_an_upgrade_never_opens_the_machine(lab, tmp_path):
+    """SIGUSR2 (what the package's postinst sends on upgrade): the daemon exits 75 for a
+    restart and leaves the kill switch in place; the next start keeps it until its own table
+    replaces it, so no moment exists in which the machine is open; `down` then restores."""
+    from atlantic_lab import ns_run
+
+    conf = tmp_path / "atlantic.toml"
+    conf.write_text(f'[upstream]\nurl = "http://{lab.proxy_user}:{lab.proxy_password}@{lab.proxy_ip}:{lab.squid_port}"\n'
+                    '[health]\nprobe_url = "http://origin.test/small"\nexpected_status = 200\necho_url = ""\n')
+    os.chmod(conf, 0o600)
+    atlantic(lab, "down")
+    daemon = subprocess.Popen(["ip", "netns", "exec", lab.client_ns, sys.executable, "-m", "atlantic", "up",
+                               "--foreground", "--config", str(conf)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while status(lab).get("state") != "up" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        daemon.send_signal(signal.SIGUSR2)
+        _, err = daemon.communicate(timeout=30)
+        assert daemon.returncode == 75, err
+        assert "stopped for a restart" in err
+        table = ns_run(lab.client_ns, ["nft", "list", "table", "inet", "atlantic"], text=True)
+        assert table.returncode == 0  # still sealed between the two daemons
+        assert curl(lab, "http://origin.test/small", timeout=5).returncode != 0  # and nothing gets out
+        up = atlantic(lab, "up", "--config", str(conf))
+        assert up.returncode == 0, up.stderr
+        assert curl(lab, "http://origin.test/small").returncode == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(10)
+        down = atlantic(lab, "down")
+    assert down.returncode == 0, down.stderr
+    assert ns_run(lab.client_ns, ["nft", "list", "table", "inet", "atlantic"], text=True).returncode != 0

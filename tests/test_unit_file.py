@@ -86,8 +86,9 @@ def test_open_files_limit_matches_the_daemon_default(service):
 
 
 def test_only_network_capabilities(service):
-    """Root, but only CAP_NET_ADMIN and CAP_NET_RAW survive; no new privileges."""
-    caps = {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+    """Root, but only CAP_NET_ADMIN, CAP_NET_RAW and CAP_CHOWN (the socket's group) survive;
+    no new privileges."""
+    caps = {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_CHOWN"}
     assert set(one(service, "CapabilityBoundingSet").split()) == caps
     assert set(one(service, "AmbientCapabilities").split()) == caps
     assert one(service, "NoNewPrivileges") == "yes"
