@@ -47,9 +47,44 @@ def status_rows(report: dict) -> list[tuple[str, str]]:
     if dns:
         rows.append(("dns", f"{dns.get('queries', 0)} queries, {dns.get('answered_fake', 0)} fake answers, "
                             f"{dns.get('forwarded', 0)} forwarded through the upstream"))
+    rows += _health_rows(report.get("health"))
+    leaks = report.get("leaks")
+    if isinstance(leaks, dict):
+        last = ", ".join(f"{name} {c.get('result')}" for name, c in sorted((leaks.get("last") or {}).items()))
+        rows.append(("leaks", f"{'sealed' if leaks.get('sealed') else 'LEAK: see the log'}; "
+                              f"{leaks.get('blocked_packets', 0)} packets blocked since up"
+                              + (f"; last checks: {last}" if last else "")))
+    net = report.get("network")
+    if isinstance(net, dict):
+        if net.get("last_change"):
+            rows.append(("network", f"{net.get('changes', 0)} changes; last: {net['last_change']}"))
+        if blocked := net.get("blocked_routes"):
+            rows.append(("blocked", f"{', '.join(blocked)} (routes of their own: list a prefix in capture.lan "
+                                    "to reach it directly)"))
     err = report.get("last_error")
     if err:
         rows.append(("last error", f"{err.get('message')} ({err.get('count', 1)}x, {err.get('age_s', 0):.0f} s ago)"))
+    return rows
+
+
+def _health_rows(health) -> list[tuple[str, str]]:
+    """One row per upstream, in priority order: state, probe, exit."""
+    if not isinstance(health, dict):
+        return []
+    rows = []
+    if health.get("all_down"):
+        rows.append(("health", "every upstream is down: flows are refused"))
+    for i, up in enumerate(health.get("upstreams") or [], 1):
+        parts = [str(up.get("state")) + (" (active)" if up.get("active") else "")]
+        if up.get("latency_ms") is not None:
+            parts.append(f"probe {up['latency_ms']:.0f} ms")
+        elif up.get("last_result"):
+            parts.append(str(up["last_result"]))
+        if up.get("exit_ip"):
+            parts.append(f"exit {up['exit_ip']}" + (f" ({up['exit_country']})" if up.get("exit_country") else ""))
+        if up.get("alert"):
+            parts.append(f"ALERT: {up['alert']}")
+        rows.append((f"upstream {i}", f"{up.get('url')}: " + ", ".join(parts)))
     return rows
 
 
