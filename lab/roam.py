@@ -1,5 +1,6 @@
-"""A laptop changing networks, in the lab: the client's link drops for 3 s and comes back,
-then its address changes (a new Wi-Fi network, the old address gone for good). How long
+"""A laptop changing networks, in the lab: the client's link drops for 3 s and comes back
+(on the old address for 2 s), then its address changes (a new Wi-Fi network, the old
+address gone for good). How long
 until the first HTTP and the first HTTPS request through Atlantic succeed again?
 
 Before the change, Atlantic's pool holds warm connections made from the old address;
@@ -30,6 +31,7 @@ ATLANTIC = [sys.executable, "-m", "atlantic"]
 UPLINK = "eth0"
 MOVED_TO = "10.77.1.3"  # the "new network's" address (same lab subnet: the router reaches it)
 LINK_DOWN_S = 3.0
+BACK_S = 2.0  # on the old network again for this long before the move
 
 
 def _ns(lab: LabEnv, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -87,6 +89,8 @@ def roam(lab: LabEnv, *, gap: float = 0.25, limit: float = 60.0) -> dict:
     try:
         _ip(lab, "link", "set", UPLINK, "down")
         time.sleep(LINK_DOWN_S)
+        set_address(lab, lab.client_ip)  # back on the old network first, as a laptop's Wi-Fi would be
+        time.sleep(BACK_S)
         set_address(lab, MOVED_TO)
         moved = time.monotonic()
         results: dict[str, float | None] = {}
