@@ -72,7 +72,8 @@ class NetGuard:
                 pass
 
     def repair(self) -> list[str]:
-        """Put back what is missing (in a worker thread); one line per repair or failure."""
+        """Put back what is missing (in a worker thread); one warning line per repair or
+        failure. The list of blocked routes is refreshed too (logged once per change)."""
         lines: list[str] = []
         if self.ks is not None and not killswitch.is_active():
             try:
@@ -91,10 +92,10 @@ class NetGuard:
         blocked = [r.describe() for r in uncovered(routing.main_routes(), lan=self.lan, tun=self.tun)]
         if blocked != self.blocked_routes:
             self.blocked_routes = blocked
-            if blocked:
+            if blocked:  # information, not a warning: every laptop has at least its LAN subnet here
                 more = f" and {len(blocked) - MAX_LISTED} more" if len(blocked) > MAX_LISTED else ""
-                lines.append(f"blocked while up (reached by routes of their own, not the default one): "
-                             f"{', '.join(blocked[:MAX_LISTED])}{more}; list a prefix in capture.lan to reach it directly")
+                log.info("blocked while up (reached by routes of their own, not the default one): %s%s; "
+                         "list a prefix in capture.lan to reach it directly", ", ".join(blocked[:MAX_LISTED]), more)
         return lines
 
     def status(self) -> dict:

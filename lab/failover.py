@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,10 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from atlantic.lab.topology import LabEnv
+from atlantic.lab.workloads import atlantic, lab_config, ns, status
 
 ORIGIN = "origin.test"
 REQUEST_TIMEOUT_S = 15.0
-ATLANTIC = [sys.executable, "-m", "atlantic"]
 
 
 # ---- the ticker (inside the client namespace) ------------------------------------------
@@ -164,41 +163,12 @@ class Settings:
                 f"failback_hold_s = {self.failback_hold_s}\nprobe_timeout_s = {self.probe_timeout_s}\n")
 
 
-def write_config(lab: LabEnv, directory: Path, settings: Settings) -> Path:
-    """Two upstreams (proxy 1 first) with the password in a 0600 file; lab probe and echo URLs."""
-    pw = directory / "proxy-password"
-    pw.write_text(lab.proxy_password + "\n")
-    os.chmod(pw, 0o600)
-    ups = "".join(f'[[upstream]]\nurl = "http://{lab.proxy_user}@{ip}:{lab.squid_port}"\npassword_file = "{pw}"\n\n'
-                  for ip in (lab.proxy_ip, lab.proxy2_ip))
-    conf = directory / "atlantic.toml"
-    conf.write_text(f'{ups}[health]\nprobe_url = "http://{ORIGIN}/small"\nexpected_status = 200\n'
-                    f'echo_url = "http://{ORIGIN}/ip"\n{settings.toml()}')
-    os.chmod(conf, 0o600)
-    return conf
-
-
-def _ns(lab: LabEnv, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", lab.client_ns, *argv], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def atlantic(lab: LabEnv, *args: str) -> subprocess.CompletedProcess:
-    """`atlantic ARGS` in the client namespace."""
-    return _ns(lab, [*ATLANTIC, *args])
-
-
-def status(lab: LabEnv) -> dict:
-    """`atlantic status --json` in the client namespace."""
-    return json.loads(atlantic(lab, "status", "--json").stdout)
-
-
 def exit_addresses(lab: LabEnv) -> dict[str, str]:
     """The address the origin sees for each proxy (asked straight through each, Atlantic down)."""
     out = {}
     for name, ip in (("proxy1", lab.proxy_ip), ("proxy2", lab.proxy2_ip)):
         url = f"http://{lab.proxy_user}:{lab.proxy_password}@{ip}:{lab.squid_port}"
-        r = _ns(lab, ["curl", "-sS", "--max-time", "20", "-x", url, f"http://{ORIGIN}/ip"])
+        r = ns(lab, ["curl", "-sS", "--max-time", "20", "-x", url, f"http://{ORIGIN}/ip"], timeout=60)
         if r.returncode != 0:
             raise RuntimeError(f"cannot reach the origin through {name}: {r.stderr.strip()}")
         out[json.loads(r.stdout)["ip"]] = name
@@ -315,7 +285,7 @@ def forced_packet(lab: LabEnv) -> dict:
     mark: the kill switch must block it, and status must count it (read every few seconds)."""
     before = (status(lab).get("leaks") or {}).get("blocked_packets", 0)
     t0 = time.monotonic()
-    r = _ns(lab, [sys.executable, "-c", FORCE_OUT.replace("{ip}", lab.origin_ip)])
+    r = ns(lab, [sys.executable, "-c", FORCE_OUT.replace("{ip}", lab.origin_ip)], timeout=60)
     counted = None
     while time.monotonic() - t0 < 30:
         if (status(lab).get("leaks") or {}).get("blocked_packets", 0) > before:
@@ -330,7 +300,7 @@ def run_failover(lab: LabEnv, s: Settings = Settings(), *, log: Callable[[str], 
     exits = exit_addresses(lab)
     result: dict = {"settings": asdict(s), "exits": exits}
     with tempfile.TemporaryDirectory(prefix="atl-failover-") as tmp:
-        conf = write_config(lab, Path(tmp), s)
+        conf = lab_config(lab, Path(tmp), [lab.proxy_ip, lab.proxy2_ip], s.toml())
         atlantic(lab, "down")
         up = atlantic(lab, "up", "--config", str(conf))
         if up.returncode != 0:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,21 +24,16 @@ import time
 from pathlib import Path
 
 from atlantic.lab.topology import LabEnv, router_ip
+from atlantic.lab.workloads import atlantic, lab_config, ns, status
 
-ATLANTIC = [sys.executable, "-m", "atlantic"]
 UPLINK = "eth0"
 MOVED_TO = "10.77.1.3"  # the "new network's" address (same lab subnet: the router reaches it)
 LINK_DOWN_S = 3.0
 BACK_S = 2.0  # on the old network again for this long before the move
 
 
-def _ns(lab: LabEnv, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", lab.client_ns, *argv], capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def _ip(lab: LabEnv, *args: str) -> None:
-    r = _ns(lab, ["ip", *args], timeout=10)
+    r = ns(lab, ["ip", *args], timeout=10)
     if r.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {r.stderr.strip()}")
 
@@ -50,14 +43,14 @@ def set_address(lab: LabEnv, address: str) -> None:
     _ip(lab, "addr", "flush", "dev", UPLINK)
     _ip(lab, "addr", "add", f"{address}/24", "dev", UPLINK)
     _ip(lab, "link", "set", UPLINK, "up")
-    _ns(lab, ["ip", "route", "del", "default"], timeout=10)
+    ns(lab, ["ip", "route", "del", "default"], timeout=10)
     _ip(lab, "route", "add", "default", "via", router_ip("client"))
 
 
 def curl_ok(lab: LabEnv, url: str, timeout: float) -> bool:
     """One new curl through the capture (no proxy setting), bounded."""
-    r = _ns(lab, ["curl", "-sS", "-o", "/dev/null", "--max-time", str(timeout), "--noproxy", "*",
-                  "--cacert", lab.ca_file, url], timeout=timeout + 10)
+    r = ns(lab, ["curl", "-sS", "-o", "/dev/null", "--max-time", str(timeout), "--noproxy", "*",
+                 "--cacert", lab.ca_file, url], timeout=timeout + 10)
     return r.returncode == 0
 
 
@@ -85,7 +78,7 @@ def roam(lab: LabEnv, *, gap: float = 0.25, limit: float = 60.0) -> dict:
     for _ in range(3):  # warm connections from the old address, for both schemes
         if not (curl_ok(lab, http, 20) and curl_ok(lab, https, 20)):
             raise RuntimeError("requests through Atlantic fail before the change")
-    before = _status(lab)
+    before = status(lab)
     try:
         _ip(lab, "link", "set", UPLINK, "down")
         time.sleep(LINK_DOWN_S)
@@ -100,7 +93,7 @@ def roam(lab: LabEnv, *, gap: float = 0.25, limit: float = 60.0) -> dict:
             t.start()
         for t in runs:
             t.join(limit + 30)
-        after = _status(lab)
+        after = status(lab)
     finally:
         set_address(lab, lab.client_ip)
     net_before, net_after = before.get("network") or {}, after.get("network") or {}
@@ -113,29 +106,18 @@ def roam(lab: LabEnv, *, gap: float = 0.25, limit: float = 60.0) -> dict:
     }
 
 
-def _status(lab: LabEnv) -> dict:
-    return json.loads(_ns(lab, [*ATLANTIC, "status", "--json"]).stdout or "{}")
-
-
-def run_roam(lab: LabEnv, url: str | None = None) -> dict:
+def run_roam(lab: LabEnv) -> dict:
     """Atlantic up through the lab's Squid (password in a 0600 file), roam, always down after."""
     with tempfile.TemporaryDirectory(prefix="atl-roam-") as tmp:
-        pw = Path(tmp) / "pw"
-        pw.write_text(lab.proxy_password + "\n")
-        os.chmod(pw, 0o600)
-        conf = Path(tmp) / "atlantic.toml"
-        conf.write_text(f'[upstream]\nurl = "{url or f"http://{lab.proxy_user}@{lab.proxy_ip}:{lab.squid_port}"}"\n'
-                        f'password_file = "{pw}"\n[health]\nprobe_url = "http://{lab.origin_host}/small"\n'
-                        f'expected_status = 200\necho_url = "http://{lab.origin_host}/ip"\n')
-        os.chmod(conf, 0o600)
-        _ns(lab, [*ATLANTIC, "down"])
-        up = _ns(lab, [*ATLANTIC, "up", "--config", str(conf)])
+        conf = lab_config(lab, Path(tmp), [lab.proxy_ip])
+        atlantic(lab, "down")
+        up = atlantic(lab, "up", "--config", str(conf))
         if up.returncode != 0:
             raise RuntimeError(f"atlantic up failed: {up.stderr.strip()}")
         try:
             return roam(lab)
         finally:
-            _ns(lab, [*ATLANTIC, "down"])
+            atlantic(lab, "down")
 
 
 def main(argv: list[str] | None = None) -> int:

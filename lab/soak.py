@@ -28,8 +28,8 @@ from pathlib import Path
 
 from atlantic.lab.burst import run_burst
 from atlantic.lab.topology import LabEnv
+from atlantic.lab.workloads import atlantic, lab_config, status
 
-ATLANTIC = [sys.executable, "-m", "atlantic"]
 ORIGIN = "origin.test"
 
 
@@ -87,10 +87,6 @@ async def load(seconds: float, ca: str, bulk_every: float, burst: int, burst_eve
     return dict(counts)
 
 
-def _ns(lab: LabEnv, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", lab.client_ns, *argv], capture_output=True, text=True, timeout=timeout)
-
-
 def _rss_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -105,19 +101,12 @@ def run(lab: LabEnv, minutes: float, *, sample_s: float = 30.0, bulk_every: floa
         burst: int = 200, burst_every: float = 300.0) -> dict:
     """Atlantic up through Squid, the load for ``minutes``, RSS sampled; always down after."""
     with tempfile.TemporaryDirectory(prefix="atl-soak-") as tmp:
-        pw, conf = Path(tmp) / "pw", Path(tmp) / "atlantic.toml"
-        pw.write_text(lab.proxy_password + "\n")
-        conf.write_text(f'[upstream]\nurl = "http://{lab.proxy_user}@{lab.proxy_ip}:{lab.squid_port}"\n'
-                        f'password_file = "{pw}"\n[health]\nprobe_url = "http://{ORIGIN}/small"\n'
-                        f'expected_status = 200\necho_url = "http://{ORIGIN}/ip"\n')
-        for f in (pw, conf):
-            os.chmod(f, 0o600)
-        _ns(lab, [*ATLANTIC, "down"])
-        up = _ns(lab, [*ATLANTIC, "up", "--config", str(conf)])
+        conf = lab_config(lab, Path(tmp), [lab.proxy_ip])
+        atlantic(lab, "down")
+        up = atlantic(lab, "up", "--config", str(conf))
         if up.returncode != 0:
             raise RuntimeError(f"atlantic up failed: {up.stderr.strip()}")
-        st = json.loads(_ns(lab, [*ATLANTIC, "status", "--json"]).stdout)
-        pid = st["pid"]
+        pid = status(lab)["pid"]
         log_file = Path(os.readlink(f"/proc/{pid}/fd/2"))  # a daemon `up` started logs through its stderr
         log_at = log_file.stat().st_size
         seconds = minutes * 60
@@ -132,7 +121,7 @@ def run(lab: LabEnv, minutes: float, *, sample_s: float = 30.0, bulk_every: floa
                 rss.append((round(time.monotonic() - t0), _rss_kib(pid)))
                 time.sleep(sample_s)
             out, err = loader.communicate(timeout=600)
-            final = json.loads(_ns(lab, [*ATLANTIC, "status", "--json"]).stdout)
+            final = status(lab)
         finally:
             if loader.poll() is None:
                 loader.kill()
@@ -140,7 +129,7 @@ def run(lab: LabEnv, minutes: float, *, sample_s: float = 30.0, bulk_every: floa
             with log_file.open("rb") as f:
                 f.seek(log_at)
                 text = f.read().decode(errors="replace")
-            _ns(lab, [*ATLANTIC, "down"])
+            atlantic(lab, "down")
     noisy = [ln for ln in text.splitlines() if f"atlantic[{pid}]" in ln and (" WARNING " in ln or " ERROR " in ln)]
     counts = json.loads(out) if out.strip() else {"load_error": err.strip()[-300:]}
     return {"minutes": minutes, "counts": counts, "rss_kib": rss,

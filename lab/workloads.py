@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from atlantic.lab.topology import LabEnv
 
@@ -24,6 +25,32 @@ def ns(lab: LabEnv, argv: list[str], timeout: float = 900, **kw) -> subprocess.C
     """Run ``argv`` in the lab's client namespace (text output), bounded in time."""
     return subprocess.run(["ip", "netns", "exec", lab.client_ns, *argv], capture_output=True, text=True,
                           timeout=timeout, **kw)
+
+
+def atlantic(lab: LabEnv, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`atlantic ARGS` in the client namespace."""
+    return ns(lab, [sys.executable, "-m", "atlantic", *args], timeout=timeout)
+
+
+def status(lab: LabEnv) -> dict:
+    """`atlantic status --json` in the client namespace ({} if it printed nothing)."""
+    return json.loads(atlantic(lab, "status", "--json").stdout or "{}")
+
+
+def lab_config(lab: LabEnv, directory: Path, proxies: list[str], extra: str = "") -> Path:
+    """A config in ``directory`` for Atlantic through the lab's Squids at ``proxies`` (in
+    priority order): the password in a 0600 file, the health monitor probing the lab's
+    origin, and ``extra`` lines at the end of [health]. The file itself is 0600 too."""
+    pw = directory / "proxy-password"
+    pw.write_text(lab.proxy_password + "\n")
+    os.chmod(pw, 0o600)
+    ups = "".join(f'[[upstream]]\nurl = "http://{lab.proxy_user}@{ip}:{lab.squid_port}"\npassword_file = "{pw}"\n\n'
+                  for ip in proxies)
+    conf = directory / "atlantic.toml"
+    conf.write_text(f'{ups}[health]\nprobe_url = "http://{lab.origin_host}/small"\nexpected_status = 200\n'
+                    f'echo_url = "http://{lab.origin_host}/ip"\n{extra}')
+    os.chmod(conf, 0o600)
+    return conf
 
 
 def atlantic_up(env: LabEnv, url: str, ca: str | None = None, settle_s: float = 0.5, monitor: bool = True) -> None:
