@@ -105,6 +105,11 @@ class Outbound:
         await self.pool.aclose()
 
 
+def _probe_tls(up: UpstreamConfig):
+    """TLS for probing an https:// proxy, trusting its configured CA file if any."""
+    return probe_tls_context(str(up.ca_file) if up.ca_file else None)
+
+
 def monitor_settings(cfg: Config) -> MonitorSettings:
     """What the monitor probes, from ``[health]``."""
     h = cfg.health
@@ -135,8 +140,8 @@ def build(cfg: Config, urls: list[str], upstreams: list[Upstream], pinned: dict[
     monitor = HealthMonitor(
         [p.proxy for p in pools], upset, settings=monitor_settings(cfg), config=health_config(cfg, len(pools)),
         mark=cfg.routing.fwmark, addresses=pinned,
-        tls=[probe_tls_context(str(settings_for(cfg, i).ca_file) if settings_for(cfg, i).ca_file else None)
-             if u.kind is UpstreamKind.HTTPS else None for i, u in enumerate(upstreams)],
+        tls=[_probe_tls(settings_for(cfg, i)) if u.kind is UpstreamKind.HTTPS else None
+             for i, u in enumerate(upstreams)],
         on_exit=leaks.exit_seen,
     )
     upset.on_signal = monitor.signal

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from atlantic.lab.topology import LabEnv
-from atlantic.lab.workloads import atlantic, lab_config, ns, status
+from atlantic.lab.workloads import atlantic, lab_config, ns, status, up_with
 
 ORIGIN = "origin.test"
 REQUEST_TIMEOUT_S = 15.0
@@ -300,11 +300,7 @@ def run_failover(lab: LabEnv, s: Settings = Settings(), *, log: Callable[[str], 
     exits = exit_addresses(lab)
     result: dict = {"settings": asdict(s), "exits": exits}
     with tempfile.TemporaryDirectory(prefix="atl-failover-") as tmp:
-        conf = lab_config(lab, Path(tmp), [lab.proxy_ip, lab.proxy2_ip], s.toml())
-        atlantic(lab, "down")
-        up = atlantic(lab, "up", "--config", str(conf))
-        if up.returncode != 0:
-            raise RuntimeError(f"atlantic up failed: {up.stderr.strip()}")
+        up_with(lab, lab_config(lab, Path(tmp), [lab.proxy_ip, lab.proxy2_ip], s.toml()))
         ticker = Ticker(lab, exits, s.gap_s, seconds=3 * 3600)
         try:
             if ticker.wait_for(time.time(), first_steady("proxy1"), limit=60) is None:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from atlantic.lab.topology import LabEnv, router_ip
-from atlantic.lab.workloads import atlantic, lab_config, ns, status
+from atlantic.lab.workloads import atlantic, lab_config, ns, status, up_with
 
 UPLINK = "eth0"
 MOVED_TO = "10.77.1.3"  # the "new network's" address (same lab subnet: the router reaches it)
@@ -109,11 +109,7 @@ def roam(lab: LabEnv, *, gap: float = 0.25, limit: float = 60.0) -> dict:
 def run_roam(lab: LabEnv) -> dict:
     """Atlantic up through the lab's Squid (password in a 0600 file), roam, always down after."""
     with tempfile.TemporaryDirectory(prefix="atl-roam-") as tmp:
-        conf = lab_config(lab, Path(tmp), [lab.proxy_ip])
-        atlantic(lab, "down")
-        up = atlantic(lab, "up", "--config", str(conf))
-        if up.returncode != 0:
-            raise RuntimeError(f"atlantic up failed: {up.stderr.strip()}")
+        up_with(lab, lab_config(lab, Path(tmp), [lab.proxy_ip]))
         try:
             return roam(lab)
         finally:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from atlantic.lab.burst import run_burst
 from atlantic.lab.topology import LabEnv
-from atlantic.lab.workloads import atlantic, lab_config, status
+from atlantic.lab.workloads import atlantic, lab_config, status, up_with
 
 ORIGIN = "origin.test"
 
@@ -101,11 +101,7 @@ def run(lab: LabEnv, minutes: float, *, sample_s: float = 30.0, bulk_every: floa
         burst: int = 200, burst_every: float = 300.0) -> dict:
     """Atlantic up through Squid, the load for ``minutes``, RSS sampled; always down after."""
     with tempfile.TemporaryDirectory(prefix="atl-soak-") as tmp:
-        conf = lab_config(lab, Path(tmp), [lab.proxy_ip])
-        atlantic(lab, "down")
-        up = atlantic(lab, "up", "--config", str(conf))
-        if up.returncode != 0:
-            raise RuntimeError(f"atlantic up failed: {up.stderr.strip()}")
+        up_with(lab, lab_config(lab, Path(tmp), [lab.proxy_ip]))
         pid = status(lab)["pid"]
         log_file = Path(os.readlink(f"/proc/{pid}/fd/2"))  # a daemon `up` started logs through its stderr
         log_at = log_file.stat().st_size

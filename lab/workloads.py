@@ -53,18 +53,24 @@ def lab_config(lab: LabEnv, directory: Path, proxies: list[str], extra: str = ""
     return conf
 
 
+def up_with(lab: LabEnv, conf: Path) -> None:
+    """`atlantic down`, then `atlantic up --config conf` in the client namespace; raises
+    RuntimeError with the daemon's one line when it does not come up."""
+    atlantic(lab, "down")
+    res = atlantic(lab, "up", "--config", str(conf))
+    if res.returncode != 0:
+        raise RuntimeError(f"atlantic up failed: {res.stderr.strip()}")
+
+
 def atlantic_up(env: LabEnv, url: str, ca: str | None = None, settle_s: float = 0.5, monitor: bool = True) -> None:
     """`atlantic up` in the client namespace with upstream ``url`` (and a CA for https://);
     the health monitor probes the lab's origin, or is off (``monitor=False``)."""
-    ns(env, [sys.executable, "-m", "atlantic", "down"])
     health = (f'[health]\nprobe_url = "http://{env.origin_host}/small"\nexpected_status = 200\n'
               f'echo_url = "http://{env.origin_host}/ip"\n' if monitor else "[health]\nenabled = false\n")
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:  # 0600: the URL has the password
         f.write(f'[upstream]\nurl = "{url}"\n' + (f'ca_file = "{ca}"\n' if ca else "") + health)
     try:
-        res = ns(env, [sys.executable, "-m", "atlantic", "up", "--config", f.name])
-        if res.returncode != 0:
-            raise RuntimeError(f"atlantic up failed: {res.stderr.strip()}")
+        up_with(env, Path(f.name))
     finally:
         os.unlink(f.name)
     time.sleep(settle_s)  # let the pool open its warm connections, as it would on a laptop

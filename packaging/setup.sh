@@ -4,11 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# adduser: the Debian package depends on it (tests/test_deb.py installs it into a
-# throwaway root, whose dependencies come from this machine); minimal images lack it.
+# adduser and init-system-helpers (deb-systemd-helper): the Debian package's maintainer
+# scripts use them (tests/test_deb.py installs it into a throwaway root, whose programs come
+# from this machine); minimal images lack them. systemd: systemd-analyze, which checks the
+# unit (tests/test_unit_file.py). dpkg-deb (in dpkg) builds the package.
 packages=(
     squid nginx-light nghttp2-proxy nftables ffmpeg curl iproute2 openssl
     apache2-utils tcpdump dnsutils procps python3-venv yt-dlp adduser
+    init-system-helpers systemd util-linux
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -121,8 +121,9 @@ class UpstreamPool:
         await self._tasks.aclose(_CLOSE_TIMEOUT_S)
 
     def drain(self) -> None:
-        """New flows go elsewhere now (another upstream took over): close the idle and warm
-        connections; requests and tunnels under way finish on theirs."""
+        """New flows go elsewhere now (another upstream took over), or the network path
+        changed: close the idle and warm connections; requests and tunnels under way finish
+        on theirs."""
         self.warm.close_all()
         self.conns.drop_idle()
 

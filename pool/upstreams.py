@@ -133,9 +133,12 @@ class UpstreamSet:
             timer.cancel()
 
     def _watch(self, index: int) -> asyncio.TimerHandle:
-        """Signal SLOW if the caller is still waiting after ``slow_after`` seconds."""
-        return asyncio.get_running_loop().call_later(
-            self.slow_after, self._signal, Signal(index, FlowFailure.SLOW, f"no answer within {self.slow_after:g} s"))
+        """Signal SLOW if the caller is still waiting after ``slow_after`` seconds (the
+        Signal is built only then: the usual request arms and cancels a bare timer)."""
+        return asyncio.get_running_loop().call_later(self.slow_after, self._slow, index)
+
+    def _slow(self, index: int) -> None:
+        self._signal(Signal(index, FlowFailure.SLOW, f"no answer within {self.slow_after:g} s"))
 
     def _report(self, index: int, exc: UpstreamError) -> None:
         if isinstance(exc, UpstreamAuthError):
