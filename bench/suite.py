@@ -15,8 +15,13 @@ interleaved so the machine's noise hits all of them alike:
     atlantic h2   Atlantic up with the lab's nghttpx HTTP/2 front of Squid
     atlantic h1, no monitor   as atlantic h1 with [health] enabled = false (only when
                   named in --peers: it measures what the health monitor costs)
+    atlantic h1, intercept / atlantic h2, intercept   as atlantic h1 / h2 with the origin's
+                  name in [tls] intercept: HTTPS terminated with a local CA (`atlantic ca
+                  init`), which the application alone trusts, and its requests pooled
+                  (only the https workloads)
   workloads
     chunks-http / chunks-https   30 x 2 MB, a new curl process (connection) per chunk
+    ytdlp-debian-https   Debian's yt-dlp on the HLS stream over https
     ytdlp-debian / ytdlp-pypi    yt-dlp downloading the lab's HLS stream (~20 segments of
                   2 MB). Debian's (urllib) opens a new connection per segment; PyPI's
                   yt-dlp[default] (requests) keeps its connections, so it is the ideal
@@ -49,6 +54,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -82,12 +88,15 @@ class Peer:
     kind: str
     h2: bool = False
     monitor: bool = True  # Atlantic's health monitor on (the default) or off
+    intercept: bool = False  # Atlantic terminates the origin's HTTPS with its local CA ([tls])
 
 
 PEERS = [Peer("direct", "direct", "direct"), Peer("squid -x", "squid", "proxy"), Peer("ideal", "ideal", "ideal"),
          Peer("sing-box", "sing-box", "sing-box"), Peer("atlantic h1", "atlantic-h1", "atlantic"),
          Peer("atlantic h2", "atlantic-h2", "atlantic", h2=True),
-         Peer("atlantic h1, no monitor", "atlantic-h1-nomon", "atlantic", monitor=False)]
+         Peer("atlantic h1, no monitor", "atlantic-h1-nomon", "atlantic", monitor=False),
+         Peer("atlantic h1, intercept", "atlantic-h1-tls", "atlantic", intercept=True),
+         Peer("atlantic h2, intercept", "atlantic-h2-tls", "atlantic", h2=True, intercept=True)]
 DEFAULT_PEERS = [p for p in PEERS if p.monitor]  # the monitor's cost is a run of its own (--peers)
 
 
@@ -98,6 +107,7 @@ class Running:
     peer: Peer
     proxy: str | None
     pid: int | None
+    cacert: str | None = None  # what applications trust (None: the lab's CA)
 
 
 @contextlib.contextmanager
@@ -110,12 +120,14 @@ def running(env, peer: Peer):
         finally:
             singbox.stop(pid)
     elif peer.kind == "atlantic":
-        w.atlantic_up(env, env.h2_proxy_url if peer.h2 else env.proxy_url, env.ca_file if peer.h2 else None,
-                      monitor=peer.monitor)
-        try:
-            yield Running(peer, None, status(env)["pid"])
-        finally:
-            w.atlantic_down(env)
+        with tempfile.TemporaryDirectory(prefix="atlantic-bench-ca-") as ca_dir:
+            cacert = w.atlantic_up(env, env.h2_proxy_url if peer.h2 else env.proxy_url,
+                                   env.ca_file if peer.h2 else None, monitor=peer.monitor,
+                                   intercept=(env.origin_host,) if peer.intercept else (), ca_dir=Path(ca_dir))
+            try:
+                yield Running(peer, None, status(env)["pid"], cacert)
+            finally:
+                w.atlantic_down(env)
     else:
         yield Running(peer, env.proxy_url if peer.kind in ("proxy", "ideal") else None, None)
 
@@ -175,16 +187,17 @@ class StatusSampler(threading.Thread):
 def chunks(scheme: str):
     def run(env, r: Running, args) -> dict:
         urls = [f"{scheme}://{env.origin_host}/2mb"] * args.chunks
-        times = w.curl_times(env, urls, r.proxy, one_process=r.peer.kind == "ideal")
+        times = w.curl_times(env, urls, r.proxy, one_process=r.peer.kind == "ideal", cacert=r.cacert)
         return {"ms": statistics.median(times) * 1000, "per_chunk_ms": [t * 1000 for t in times]}
     return run
 
 
-def ytdlp(exe: str):
-    """yt-dlp ``exe`` on the HLS stream; the ideal peer runs PyPI's yt-dlp, whose ``requests``
-    handler keeps one connection to the proxy for every segment."""
+def ytdlp(exe: str, scheme: str = "http"):
+    """yt-dlp ``exe`` on the HLS stream over ``scheme``; the ideal peer runs PyPI's yt-dlp, whose
+    ``requests`` handler keeps one connection to the proxy for every segment."""
     def run(env, r: Running, args) -> dict:
-        return {"s": w.ytdlp_seconds(env, r.proxy, exe=PYPI_YTDLP if r.peer.kind == "ideal" else exe)}
+        return {"s": w.ytdlp_seconds(env, r.proxy, exe=PYPI_YTDLP if r.peer.kind == "ideal" else exe,
+                                     scheme=scheme, cacert=r.cacert)}
     return run
 
 
@@ -267,10 +280,14 @@ def wait_proxy_idle(env, timeout: float = 90.0) -> None:
 
 
 NOMON = "atlantic h1, no monitor"  # run with --peers atlantic-h1,atlantic-h1-nomon: the monitor's cost
+TLS = ("atlantic h1, intercept", "atlantic h2, intercept")  # run with --peers ...,atlantic-h1-tls
 WORKLOADS = {
     "chunks-http": (chunks("http"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
-    "chunks-https": (chunks("https"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
+    "chunks-https": (chunks("https"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", NOMON,
+                                       *TLS)),
     "ytdlp-debian": (ytdlp(w.DEBIAN_YTDLP), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
+    "ytdlp-debian-https": (ytdlp(w.DEBIAN_YTDLP, "https"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1",
+                                                            "atlantic h2", *TLS)),
     "ytdlp-pypi": (ytdlp(PYPI_YTDLP), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
     "small": (small, ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
     "bulk1": (bulk(1), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
@@ -281,7 +298,8 @@ WORKLOADS = {
 
 def missing(workload: str) -> str | None:
     """Why a workload cannot run on this machine (a program is missing), or None."""
-    needs = {"ytdlp-debian": w.DEBIAN_YTDLP, "ytdlp-pypi": PYPI_YTDLP}.get(workload)
+    needs = {"ytdlp-debian": w.DEBIAN_YTDLP, "ytdlp-debian-https": w.DEBIAN_YTDLP,
+             "ytdlp-pypi": PYPI_YTDLP}.get(workload)
     if needs and not os.access(needs, os.X_OK):
         return f"{needs} is not installed"
     return None

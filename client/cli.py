@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from atlantic import __version__
+from atlantic.client.ca import ca_app
 
 app = typer.Typer(
     name="atlantic",
@@ -29,6 +30,9 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check the configuration file.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(ca_app, name="ca")
+from atlantic.client.killswitch_cli import killswitch_app  # noqa: E402
+app.add_typer(killswitch_app, name="killswitch")
 
 ConfigOpt = Annotated[
     Optional[str],
@@ -101,11 +105,20 @@ def up(
     foreground: Annotated[bool, typer.Option(
         "--foreground", help="Run the daemon in this process (as systemd does) instead of in the background.",
     )] = False,
+    intercept: Annotated[Optional[list[str]], typer.Option(
+        "--intercept", metavar="DOMAIN",
+        help="Terminate HTTPS for DOMAIN and every name under it (*.DOMAIN), so it rides the pool; repeat "
+             "for more (replaces \\[tls] intercept). Needs the local CA: `sudo atlantic ca init`.",
+    )] = None,
+    origin_ca: Annotated[Optional[str], typer.Option(
+        "--origin-ca", metavar="FILE", help="A PEM file of CAs trusted for origins, besides the system's.",
+    )] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Capture every TCP connection of this machine and send it through the upstream."""
     _require_root("up")
     cfg = _load(config, upstream, metrics=metrics)
+    cfg = _with_tls(cfg, intercept, origin_ca)
     from atlantic.client import lifecycle
 
     try:
@@ -116,6 +129,24 @@ def up(
             typer.echo(f"Atlantic is up (pid {info['pid']}): every TCP flow goes to {info['upstream']} via {info['tun']}.")
     except lifecycle.LifecycleError as exc:
         fail(str(exc))
+
+
+def _with_tls(cfg, intercept: list[str] | None, origin_ca: str | None):
+    """``cfg`` with ``--intercept`` / ``--origin-ca``; with domains to intercept, the local CA must exist."""
+    from dataclasses import replace
+
+    from atlantic.client.ca import CERT_FILE, KEY_FILE, ca_dir
+    from atlantic.client.config_tls import with_tls_options
+
+    tls, problem = with_tls_options(cfg.tls, intercept, origin_ca)
+    if problem is not None:
+        fail(problem)
+    if tls.intercept:
+        directory = ca_dir(replace(cfg, tls=tls))
+        if not ((directory / KEY_FILE).exists() and (directory / CERT_FILE).exists()):
+            fail(f"intercepting {', '.join(tls.intercept)} needs the local CA, and {directory} holds none: "
+                 "run `sudo atlantic ca init` (then `sudo atlantic ca install` so applications trust it)")
+    return replace(cfg, tls=tls)
 
 
 @app.command()

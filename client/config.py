@@ -166,6 +166,21 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """The ``[tls]`` section: opt-in TLS termination (``config_tls`` reads it).
+
+    ``intercept``: domains whose HTTPS Atlantic terminates with its local CA so that it
+    rides the pool ("example.com" and "*.example.com" both mean the domain and every
+    name under it); empty (the default): nothing is terminated. ``ca_dir``: where the
+    local CA lives; ``origin_ca_file``: a CA trusted for origins besides the system's.
+    """
+
+    intercept: tuple[str, ...] = ()
+    ca_dir: Path = Path("/var/lib/atlantic/ca")
+    origin_ca_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -177,6 +192,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     health: HealthSettings = field(default_factory=HealthSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     source: str = "defaults"
 
     @property
@@ -430,9 +446,10 @@ def parse_config(text: str, source: str = "<config>") -> tuple[Config, list[Conf
         return Config(source=source), [ConfigProblem(
             "(file)", "not usable TOML: arrays or tables nested too deeply; Atlantic's settings nest two levels")]
     from atlantic.client.config_health import read_health
+    from atlantic.client.config_tls import read_tls
     from atlantic.client.config_upstream import read_upstreams
 
-    sections = {"upstream", "pool", "capture", "tun", "routing", "daemon", "health"}
+    sections = {"upstream", "pool", "capture", "tun", "routing", "daemon", "health", "tls"}
     for key in sorted(set(raw) - sections):
         problems.append(ConfigProblem(key, "unknown section or key (expected one of: " + ", ".join(sorted(sections)) + ")"))
     upstreams = read_upstreams(raw.get("upstream", {}), problems)
@@ -445,6 +462,7 @@ def parse_config(text: str, source: str = "<config>") -> tuple[Config, list[Conf
         routing=_read_routing(_section(raw, "routing", problems), problems),
         daemon=_read_daemon(_section(raw, "daemon", problems), problems),
         health=read_health(_section(raw, "health", problems), problems),
+        tls=read_tls(_section(raw, "tls", problems), problems),
         source=source,
     )
     if not cfg.health.enabled and cfg.standbys:

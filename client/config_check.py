@@ -108,6 +108,10 @@ def check_config_file(path: Path, must_exist: bool, *, secrets: bool = True) -> 
                 read_password_file(up.password_file, key=f"{up.key}.password_file")
             except ConfigError as exc:
                 problems.extend(exc.problems)
+    if secrets:  # not for `status` or `down`: they must work whatever became of the file
+        from atlantic.client.config_tls import tls_file_problems
+
+        problems += tls_file_problems(cfg.tls)
     if (why := unsafe_dir_reason(cfg.daemon.state_dir)) is not None:
         problems.append(ConfigProblem("daemon.state_dir", why))
     return cfg, problems

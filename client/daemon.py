@@ -24,19 +24,24 @@ import time
 from dataclasses import replace
 
 from atlantic import __version__
-from atlantic.client import outbound
+from atlantic.client import outbound, repin, seal
 from atlantic.client.config import Config, ConfigError
 from atlantic.client.control import PUBLIC_COMMANDS, ControlServer
+from atlantic.client.allocator import Allocator
+from atlantic.client.memreport import MemoryReport, start_tracing_from_env
 from atlantic.client.netguard import NetGuard
 from atlantic.client.sdnotify import Notifier, watchdog_task
 from atlantic.client.state import StatePaths, load_fakeip, remove_state, write_state
 from atlantic.dns import fakeip
 from atlantic.dns.intercept import DnsInterceptor
 from atlantic.forwarder.dispatch import Dispatcher, default_max_flows, raise_nofile_limit
+from atlantic.forwarder.intercept import InterceptPolicy
 from atlantic.interceptor.policy import default_policy
 from atlantic.pool.upstream import parse_upstream
 from atlantic.system import killswitch, routing
+from atlantic.system.marked_dns import read_resolvers
 from atlantic.system.netwatch import NetWatch
+from atlantic.system.sleepwatch import SleepWatch
 
 log = logging.getLogger("atlantic")
 
@@ -89,6 +94,10 @@ class Daemon:
         self.upstream = self.upstreams[0]
         self.paths = StatePaths.for_namespace(cfg.daemon.state_dir)
         self.started = time.monotonic()
+        start_tracing_from_env()  # a diagnosis only (lab/soak.py --trace-frames)
+        self.memory = MemoryReport()
+        self.allocator = Allocator()
+        self.allocator.tune()  # before the helper threads start: see client/allocator.py
         self.stopping = asyncio.Event()
         self.stop_requested = False  # what `status` reads: the control thread must not touch the Event
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -112,18 +121,38 @@ class Daemon:
         self.ready = False  # routing applied: `up` returns only then
         self.notifier = Notifier.from_environment()  # systemd's READY/STATUS/WATCHDOG (no-op outside it)
         self.guard: NetGuard | None = None
+        self.stale_pins: list[str] = []  # proxies whose address came from the pins file at start
+        self.resolvers: tuple[str, ...] = ()  # the network's DNS servers, for the marked re-resolve
         self.keep_sealed = False  # SIGUSR2: stop for a restart, the machine left closed
         self.background: list[asyncio.Task] = []
 
-    def _killswitch_config(self, pinned: dict[str, str]) -> killswitch.KillSwitchConfig:
-        cap = self.cfg.capture
-        endpoints = tuple(dict.fromkeys(killswitch.Endpoint(pinned[u.host], u.port)
-                                        for u in self.upstreams if not u.is_direct))
-        return killswitch.KillSwitchConfig(
-            tun=self.cfg.tun.name, fwmark=self.cfg.routing.fwmark, upstream=endpoints,
-            direct=self.upstream.is_direct, allow_lan=cap.lan, allow_dhcp=cap.allow_dhcp,
-            allow_interfaces=cap.allow_interfaces,
-        )
+    def _killswitch_config(self, pinned: dict[str, str], resolvers: tuple[str, ...] = ()) -> killswitch.KillSwitchConfig:
+        return seal.killswitch_config(self.cfg, self.upstreams, pinned, resolvers)  # as `atlantic killswitch apply`
+
+    def _load_ca(self):
+        """The local CA for ``[tls] intercept`` (None when nothing is listed); one-line
+        RuntimeError when it is missing, unreadable or does not cover the list."""
+        intercept = self.cfg.tls.intercept
+        if not intercept:
+            return None
+        from datetime import datetime, timezone
+
+        from atlantic.client.ca import ca_dir
+        from atlantic.forwarder.localca import LocalCA, LocalCAError, is_permitted, normalize_domains, renewal_reason
+
+        try:
+            ca = LocalCA.load(ca_dir(self.cfg))
+        except LocalCAError as exc:
+            raise RuntimeError(f"[tls] intercept lists {len(intercept)} domains but {exc}") from None
+        missing = [d for d in normalize_domains(intercept) if not is_permitted(d, ca.domains)]
+        if missing:
+            raise RuntimeError(f"the local CA covers {', '.join(ca.domains)}, not {', '.join(missing)} of "
+                               "[tls] intercept: run `sudo atlantic ca init` to make it anew for the list "
+                               "(then `sudo atlantic ca install`)")
+        if (why := renewal_reason(ca.cert, tuple(intercept), datetime.now(timezone.utc))) is not None:
+            log.warning("local CA: %s: run `sudo atlantic ca init` soon", why)
+        log.info("TLS termination for %s (local CA %s)", ", ".join(intercept), ", ".join(ca.domains))
+        return ca
 
     def _make_dns(self) -> DnsInterceptor:
         """Fake-IP DNS (through a proxy) or forwarding over marked connections (direct)."""
@@ -160,11 +189,15 @@ class Daemon:
         control = None
         saver = None
         try:
+            ca = self._load_ca()  # before anything changes: a missing CA is one line, nothing to undo
             soft, _hard = raise_nofile_limit(cfg.daemon.max_open_files)
             reserve = cfg.pool.max_connections * len(self.upstreams) + 64
             max_flows = cfg.daemon.max_flows or default_max_flows(soft, reserve=reserve)
-            pinned = await asyncio.to_thread(outbound.resolve, self.upstreams)
-            ks_config = self._killswitch_config(pinned) if cfg.capture.kill_switch else None
+            pinned, self.stale_pins = await asyncio.to_thread(seal.resolve_or_remembered, self.upstreams,
+                                                              seal.pins_file(cfg))
+            await asyncio.to_thread(seal.save_pins, seal.pins_file(cfg), pinned, time.time())
+            self.resolvers = await asyncio.to_thread(read_resolvers)  # marked DNS may reach them (repin)
+            ks_config = self._killswitch_config(pinned, self.resolvers) if cfg.capture.kill_switch else None
             write_state(self.paths, state)
             listeners.append(_listener(socket.AF_INET, self.inet_addr, 0))
             listen_port = listeners[0].getsockname()[1]
@@ -184,7 +217,9 @@ class Daemon:
                 self.upstream, self.stack.lookup, self.outbound.pool, idle_timeout=cfg.daemon.idle_timeout_s,
                 dns=self.dns, carried_ports=frozenset(cfg.capture.ports),
                 reject_other_ports=cfg.capture.other_ports == "reject", max_flows=max_flows,
-                head_timeout=cfg.daemon.head_timeout_s,
+                head_timeout=cfg.daemon.head_timeout_s, ca=ca,
+                intercept=InterceptPolicy(cfg.tls.intercept) if ca is not None else None,
+                origin_ca_file=str(cfg.tls.origin_ca_file) if cfg.tls.origin_ca_file else None,
             )
             for listener in listeners:
                 servers.append(await self.dispatcher.serve(listener))
@@ -197,7 +232,7 @@ class Daemon:
                 self.killswitch_on = True
             await self.outbound.start()  # the leak probe and the first health probes run once capture is on
             saver = asyncio.create_task(self._save_fakeip_forever())
-            self._start_background(plan, ks_config)
+            self._start_background(plan, ks_config, pinned)
             if cfg.daemon.metrics:
                 from atlantic.client.metrics import serve
 
@@ -262,15 +297,21 @@ class Daemon:
         remove_state(self.paths)
         log.info("down: routing restored")
 
-    def _start_background(self, plan: routing.RoutingPlan, ks_config: killswitch.KillSwitchConfig | None) -> None:
+    def _start_background(self, plan: routing.RoutingPlan, ks_config: killswitch.KillSwitchConfig | None,
+                          pinned: dict[str, str]) -> None:
         """The watchers off every flow's path: network changes (and what others remove of
         our routing and kill switch), systemd's watchdog and status line."""
         self.guard = NetGuard(plan=plan, killswitch_config=ks_config, drain=self.outbound.drain,
                               recheck_leaks=self.outbound.leaks.recheck, lan=self.cfg.capture.lan,
                               tun=self.cfg.tun.name)
+        self.guard.repin = repin.build(self.cfg, self.upstreams, pinned, self.resolvers, self.outbound, self.guard)
+        if self.stale_pins:
+            self.guard.look_up_again()  # an address from the pins file: check it over the marked path
         watch = NetWatch(self.guard.on_change, tun=self.cfg.tun.name, table=self.cfg.routing.table)
+        sleep = SleepWatch(watch.resumed, self.outbound.drain)  # logind, where there is a system bus
         tasks = [("network monitor", watch.run), ("routing guard", self.guard.run),
-                 ("status line", self._status_line_forever)]
+                 ("suspend watch", sleep.run), ("status line", self._status_line_forever),
+                 ("memory trim", self.allocator.trim_forever)]
         if (interval := self.notifier.watchdog_interval()) is not None:
             tasks.append(("watchdog", lambda: watchdog_task(self.notifier, interval)))
         self.background += [asyncio.create_task(outbound.supervised(name, run)) for name, run in tasks]
@@ -314,7 +355,7 @@ class Daemon:
         if self.outbound is not None and self.outbound.monitor is not None and new.health != self.cfg.health:
             self.outbound.apply_health(new)
             applied.append("[health]")
-        later = [name for name in ("pool", "capture", "tun", "routing") if getattr(new, name) != getattr(self.cfg, name)]
+        later = [name for name in ("pool", "capture", "tun", "routing", "tls") if getattr(new, name) != getattr(self.cfg, name)]
         if [u.url for u in new.upstreams] != [u.url for u in self.cfg.upstreams] and self.cfg.source != "defaults":
             later.append("upstream")
         self.cfg = replace(self.cfg, health=new.health, daemon=replace(self.cfg.daemon, log_level=new.daemon.log_level))
@@ -362,6 +403,7 @@ class Daemon:
         return ControlServer(self.paths.control_socket, {
             "status": lambda _req: self.status_from_thread(),
             "stop": lambda _req: self._stop(),
+            "memory": lambda req: self.memory.report(sites=bool(req.get("sites", True))),  # root only (not in PUBLIC_COMMANDS)
         }, public=PUBLIC_COMMANDS)
 
     def _stop_for_restart(self) -> None:

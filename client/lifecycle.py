@@ -94,6 +94,10 @@ def start_background(cfg: Config, config_arg: str | None) -> dict:
         argv += ["--config", config_arg]
     if cfg.daemon.metrics:  # not a secret; the URLs (which may hold one) travel in the environment
         argv += ["--metrics", cfg.daemon.metrics]
+    for domain in cfg.tls.intercept:  # the list as in force (the file's, or --intercept)
+        argv += ["--intercept", domain]
+    if cfg.tls.origin_ca_file is not None:
+        argv += ["--origin-ca", str(cfg.tls.origin_ca_file)]
     with os.fdopen(log_fd, "ab") as log:
         child = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True,

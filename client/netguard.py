@@ -6,7 +6,8 @@ every ``CHECK_S`` seconds, because some removals make no netlink noise at all (`
 ruleset``, ``systemctl reload nftables``). What it does:
 
 - a major change: the pools drop their idle and warm connections (they belong to the old
-  path; a flow under way finishes or fails on its own), the leak probe runs again;
+  path; a flow under way finishes or fails on its own), the leak probe runs again, and the
+  proxies' names are looked up again over the marked path (:mod:`atlantic.client.repin`);
 - any change, and every check: whatever someone removed of our ip rules, routes and
   kill-switch table is put back, one log line saying what. The kill switch stays on while
   offline; nothing here ever lifts it;
@@ -23,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from atlantic.client.repin import Repin
 from atlantic.system import killswitch, routing
 from atlantic.system.netchange import Change
 from atlantic.system.uncovered import uncovered
@@ -46,6 +48,8 @@ class NetGuard:
         self.major_changes = 0
         self.repairs = 0
         self.last_change: str | None = None
+        self.repin: Repin | None = None  # set by the daemon when a proxy is named by host name
+        self._repinning: asyncio.Task | None = None
         self._wake = asyncio.Event()
 
     def on_change(self, change: Change) -> None:
@@ -55,11 +59,41 @@ class NetGuard:
         if change.is_major:
             self.major_changes += 1
             self.drain()
+            self.look_up_again()
         self.recheck_leaks()
         self._wake.set()
 
+    def look_up_again(self) -> None:
+        """Start a re-resolve of the proxies' names (a newer change replaces one under way)."""
+        if self.repin is None:
+            return
+        if self._repinning is not None:
+            self._repinning.cancel()
+        self._repinning = asyncio.get_running_loop().create_task(self._repin(self.repin))
+
+    async def _repin(self, repin: Repin) -> None:
+        try:
+            await repin.run()
+        except killswitch.KillSwitchError as exc:
+            log.warning("re-resolving the proxy: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not stop the guard
+            log.error("re-resolving the proxy failed: %s: %s", type(exc).__name__, exc)
+
+    async def seal(self, cfg: killswitch.KillSwitchConfig) -> None:
+        """Replace the kill switch with ``cfg`` (atomic, in a worker thread); the guard
+        puts this one back from now on."""
+        await asyncio.to_thread(killswitch.apply, cfg)
+        self.ks = cfg
+
     async def run(self) -> None:
         """Until cancelled: check (and repair) after each change and every ``check_every`` s."""
+        try:
+            await self._guard()
+        finally:
+            if self._repinning is not None:
+                self._repinning.cancel()
+
+    async def _guard(self) -> None:
         while True:
             self._wake.clear()
             lines = await asyncio.to_thread(self.repair)
@@ -100,5 +134,8 @@ class NetGuard:
 
     def status(self) -> dict:
         """The ``network`` part of status."""
-        return {"changes": self.changes, "major_changes": self.major_changes, "repairs": self.repairs,
-                "last_change": self.last_change, "blocked_routes": list(self.blocked_routes)}
+        report = {"changes": self.changes, "major_changes": self.major_changes, "repairs": self.repairs,
+                  "last_change": self.last_change, "blocked_routes": list(self.blocked_routes)}
+        if self.repin is not None:
+            report["proxy_addresses"] = self.repin.status()
+        return report

@@ -47,6 +47,7 @@ def status_rows(report: dict) -> list[tuple[str, str]]:
     if dns:
         rows.append(("dns", f"{dns.get('queries', 0)} queries, {dns.get('answered_fake', 0)} fake answers, "
                             f"{dns.get('forwarded', 0)} forwarded through the upstream"))
+    rows += _tls_rows(report.get("tls"))
     rows += _health_rows(report.get("health"))
     leaks = report.get("leaks")
     if isinstance(leaks, dict):
@@ -64,6 +65,22 @@ def status_rows(report: dict) -> list[tuple[str, str]]:
     err = report.get("last_error")
     if err:
         rows.append(("last error", f"{err.get('message')} ({err.get('count', 1)}x, {err.get('age_s', 0):.0f} s ago)"))
+    return rows
+
+
+def _tls_rows(tls) -> list[tuple[str, str]]:
+    """TLS termination: the list, what it did, and the names passing through untouched."""
+    if not isinstance(tls, dict):
+        return []
+    rows = [("tls", f"intercepting {', '.join(map(str, tls.get('intercept') or [])) or 'nothing'}: "
+                    f"{tls.get('terminated', 0)} terminated ({tls.get('h2', 0)} h2), "
+                    f"{tls.get('handshake_failures', 0)} handshakes failed; origin connections "
+                    f"{tls.get('origin_connections_opened', 0)} opened / {tls.get('origin_connections_reused', 0)} reused")]
+    passing = tls.get("pass_through") or []
+    if passing:
+        shown = "; ".join(f"{p.get('name')} ({p.get('reason')}, {int(p.get('seconds_left', 0)) // 60} min left)"
+                          for p in passing[:10])
+        rows.append(("pass-through", shown + (f"; and {len(passing) - 10} more" if len(passing) > 10 else "")))
     return rows
 
 

@@ -7,7 +7,9 @@ application was going. The first bytes decide the way (``sniff``):
 - an HTTP/1.x request: the request relay (``serve_http``), every request over the
   shared pool's warm connections;
 - a TLS ClientHello: a tunnel to the SNI name (through a proxy, so the name resolves
-  at the exit node), over a warm CONNECT connection or an HTTP/2 stream;
+  at the exit node), over a warm CONNECT connection or an HTTP/2 stream; or, for names
+  the user listed for interception (opt-in, ``tls``), TLS terminated here with the
+  local CA and its requests relayed over the pool like HTTP (``tlsterm``);
 - anything else, or silence (server-first protocols): a tunnel to the destination.
 
 Tunnels over plain sockets are relayed with ``os.splice``; HTTP/2 streams and TLS to
@@ -43,6 +45,8 @@ from atlantic.forwarder.http1_heads import failure_kind, where
 from atlantic.pool.splice import RelayCounters, abort_socket, relay
 from atlantic.forwarder.sniff import FlowKind, sniff
 from atlantic.forwarder.stream_relay import relay_stream
+from atlantic.forwarder.intercept import InterceptPolicy
+from atlantic.forwarder.tlsterm import TlsTerminator
 from atlantic.pool.upstream import Upstream
 from atlantic.dns.intercept import DnsInterceptor
 from atlantic.pool.api import DetachableStream, Pool
@@ -115,10 +119,14 @@ class Dispatcher:
     def __init__(self, upstream: Upstream, lookup: Lookup, pool: Pool, *, idle_timeout: float,
                  dns: DnsInterceptor | None = None, carried_ports: frozenset[int] = frozenset(),
                  reject_other_ports: bool = False, max_flows: int | None = None,
-                 head_timeout: float = HEAD_TIMEOUT_S):
+                 head_timeout: float = HEAD_TIMEOUT_S, ca=None, intercept: InterceptPolicy | None = None,
+                 origin_ca_file: str | None = None):
         """``max_flows``: open flows at most (None or 0: ``default_max_flows()`` from the
         descriptor limit now in force); ``head_timeout``: seconds for a whole HTTP request
-        head from its first byte, then 408."""
+        head from its first byte, then 408; ``ca`` (a loaded ``localca.LocalCA``) and
+        ``intercept``: TLS termination for the listed names (``self.tls``; without both,
+        every TLS flow is tunnelled); ``origin_ca_file``: a CA trusted for origins besides
+        the system's (the pool has the same; this one is for WebSocket tunnels)."""
         self.upstream = upstream
         self.lookup = lookup
         self.pool = pool
@@ -131,6 +139,9 @@ class Dispatcher:
         self.flows_refused = 0  # reset at once: max_flows were open
         self.relay_counters = RelayCounters()
         self.http_counters = HttpCounters()
+        self.tls = None if ca is None or not intercept else TlsTerminator(
+            ca, intercept, pool, note_error=self.note_error, http_counters=self.http_counters,
+            idle_timeout=idle_timeout, head_timeout=head_timeout, origin_ca_file=origin_ca_file)
         self.kinds = {kind.value: 0 for kind in FlowKind}
         self.flows_total = self.flows_failed = 0
         self.errors: dict[str, ErrorNote] = {}
@@ -269,6 +280,12 @@ class Dispatcher:
                              to_destination=self.upstream.is_direct and name is None,
                              address=ip if name is not None else None, head_timeout=self.head_timeout)
             return
+        tls = self.tls
+        if sniffed.kind is FlowKind.TLS and tls is not None:
+            context = tls.context_for(sniffed.sni)
+            if context is not None:
+                await tls.serve(sock, context, sniffed.data, sniffed.sni, port)
+                return
         # Through a proxy, the name (from DNS, or the ClientHello's SNI) travels so the
         # exit node resolves it; direct connects to the address the application chose.
         host = name or (sniffed.sni if sniffed.sni and not self.upstream.is_direct else ip)
@@ -345,6 +362,8 @@ class Dispatcher:
         }
         if self.dns is not None:
             report["dns"] = self.dns.counters()
+        if self.tls is not None:
+            report["tls"] = self.tls.status()
         if self.errors:
             last = max(self.errors.values(), key=lambda n: n.last)
             report["last_error"] = {

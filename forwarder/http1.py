@@ -7,10 +7,12 @@ rides the pool's warm upstream connections.
 
 - One request at a time: the next pipelined request is read only after the response
   went out (bytes already read stay buffered inside h11).
+- The application's connection is an :class:`~.appconn.AppConn`: a plain socket, or
+  TLS that :mod:`.tlsterm` terminated (then ``origin`` names the https origin).
 - Backpressure: one body buffer in flight per direction; the response is pulled from
-  the pool only as fast as ``sock_sendall`` drains it to the application. A large
+  the pool only as fast as ``sendall`` drains it to the application. A large
   Content-Length body on a plain upstream connection is spliced socket to socket
-  instead (one pipe in flight), never entering Python.
+  instead (one pipe in flight), never entering Python; only into a plain socket.
 - ``Expect: 100-continue`` is answered by us when the pool first pulls the body: the
   pool interface carries no interim responses, so waiting for the upstream's 100 would
   stall the application until its own timeout (curl: 1 s). The header is not forwarded.
@@ -30,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import h11
 
 from atlantic.pool.errors import RemoteProtocolError, UpstreamError
+from atlantic.forwarder.appconn import AppConn, SocketConn
 from atlantic.forwarder.http1_body import RequestBody, body_length, framing_problem, has_both_lengths
 from atlantic.forwarder.http1_heads import (
     BadRequest,
@@ -51,16 +54,13 @@ from atlantic.forwarder.http1_heads import (
     split_host,
 )
 from atlantic.forwarder.stream_relay import relay_stream
-from atlantic.pool.api import Endpoint, Pool, ResponseStream, SplicingResponseStream
+from atlantic.pool.api import ByteStream, Endpoint, Pool, ResponseStream, SplicingResponseStream
 from atlantic.pool.errors import LocalProtocolError
-from atlantic.pool.splice import set_reset_on_close
 
 __all__ = ["HEAD_TIMEOUT_S", "HttpCounters", "NoteError", "serve_http"]
 
 RECV_SIZE = 65536
 READ_SIZE = 262144  # one response buffer; the socket's send buffer holds the rest
-LINGER_S = 2.0  # after our FIN, read what the application still sends so it sees no RST
-LINGER_BYTES = 16 * 1024 * 1024
 HEAD_TIMEOUT_S = 30.0  # a whole request head, from its first byte (nginx: client_header_timeout 60 s)
 _NO_BODY_STATUS = (204, 304)
 
@@ -105,7 +105,7 @@ class _SplicedBody:
 
 
 async def serve_http(
-    sock: socket.socket,
+    conn: AppConn | socket.socket,
     first_bytes: bytes,
     dst: tuple[str, int],
     pool: Pool,
@@ -116,27 +116,37 @@ async def serve_http(
     to_destination: bool = False,
     address: str | None = None,
     head_timeout: float = HEAD_TIMEOUT_S,
+    origin: Endpoint | None = None,
+    open_tunnel: Callable[[str, int], Awaitable[ByteStream]] | None = None,
 ) -> None:
     """Serve HTTP/1.x requests on the application's connection until it closes.
 
-    ``sock`` is the accepted, non-blocking socket (closed on return); ``first_bytes``
+    ``conn`` is the application's connection: an accepted, non-blocking socket or an
+    :class:`~.appconn.AppConn` (closed on return); ``first_bytes``
     what sniffing already read; ``dst`` the original destination (host, port);
     ``note_error(message, kind)`` receives one line per failure (for logging and status);
     ``head_timeout``: seconds for a whole request head from its first byte (then 408);
     ``to_destination``: connect to ``dst`` rather than the Host name (``direct``: the
     application already resolved the name, and the daemon must not resolve it again);
     ``address``: the fake address the application connected to when ``dst`` holds the
-    name behind it: a request addressed to that literal goes to the name instead.
+    name behind it: a request addressed to that literal goes to the name instead;
+    ``origin``: every request goes there (TLS we terminated: ``https``, the SNI name), and
+    ``open_tunnel(host, port)`` (default ``pool.open_tunnel``) opens the tunnels of CONNECT
+    and Upgrade requests (for TLS we terminated: TLS to the origin inside a tunnel).
     Never raises except CancelledError.
     """
-    flow = _Flow(sock, dst, pool, counters or HttpCounters(), idle_timeout, note_error, head_timeout)
+    if isinstance(conn, socket.socket):
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the head must not wait for Nagle
+        except OSError:
+            pass
+        conn = SocketConn(conn)
+    flow = _Flow(conn, dst, pool, counters or HttpCounters(), idle_timeout, note_error, head_timeout)
     flow.to_destination = to_destination
     flow.address = address
+    flow.origin = origin
+    flow.open_tunnel = open_tunnel or pool.open_tunnel
     flow.counters.connections += 1
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the head must not wait for Nagle
-    except OSError:
-        pass
     mode = "reset"
     try:
         mode = await flow.run(first_bytes)
@@ -154,10 +164,10 @@ async def serve_http(
 
 
 class _Flow:
-    """One application connection: an h11 server connection and its socket."""
+    """One application connection: an h11 server connection and its AppConn."""
 
-    def __init__(self, sock, dst, pool, counters, idle_timeout, note_error, head_timeout=HEAD_TIMEOUT_S):
-        self.sock = sock
+    def __init__(self, app, dst, pool, counters, idle_timeout, note_error, head_timeout=HEAD_TIMEOUT_S):
+        self.app = app
         self.dst = dst
         self.pool = pool
         self.counters = counters
@@ -169,6 +179,7 @@ class _Flow:
         self.method = ""  # of the request being answered ("" before its head)
         self.to_destination = False
         self.address: str | None = None
+        self.origin: Endpoint | None = None
         self.loop = asyncio.get_running_loop()
         self.conn = h11.Connection(h11.SERVER)
         self.raw: list[bytes] | None = []  # bytes of the current request until its head parsed
@@ -209,7 +220,7 @@ class _Flow:
         """The application's next bytes (b"" at EOF), bounded by the idle timeout."""
         try:
             async with asyncio.timeout(self.idle_timeout):
-                return await self.loop.sock_recv(self.sock, RECV_SIZE)
+                return await self.app.recv(RECV_SIZE)
         except (ConnectionError, TimeoutError):
             return b""
 
@@ -223,7 +234,7 @@ class _Flow:
         timeout = self.idle_timeout if deadline is None else min(self.idle_timeout, deadline - loop.time())
         try:
             async with asyncio.timeout(max(0.0, timeout)):
-                data = await loop.sock_recv(self.sock, RECV_SIZE)
+                data = await self.app.recv(RECV_SIZE)
         except ConnectionError:
             return b""
         except TimeoutError:
@@ -265,7 +276,9 @@ class _Flow:
         length = body_length(request)
         try:
             head = request_head(method, request.target.decode("latin-1"), headers, self.dst, length)
-            if self.to_destination:
+            if self.origin is not None:
+                head = replace(head, endpoint=self.origin)
+            elif self.to_destination:
                 head = replace(head, endpoint=Endpoint("http", *self.dst))
             elif self.address is not None and head.endpoint.host == self.address:
                 head = for_name(head, self.dst[0])
@@ -334,7 +347,7 @@ class _Flow:
                 await stream.read(1)  # b"": marks the body complete, so the pool reuses its connection
             except Exception:  # noqa: BLE001 - the app has its response; the pool closes that connection
                 pass
-        elif isinstance(stream, SplicingResponseStream) and stream.can_splice_body():
+        elif self.app.socket is not None and isinstance(stream, SplicingResponseStream) and stream.can_splice_body():
             await self.splice_body(stream)
         else:
             await self.copy_body(stream)
@@ -373,7 +386,7 @@ class _Flow:
                 await self.sendall(piece)
                 continue
             try:
-                await stream.splice_body_to(self.sock, self.counters)
+                await stream.splice_body_to(self.app.socket, self.counters)
             except OSError as exc:  # the application went away
                 raise _Abort from exc
             except Exception as exc:  # noqa: BLE001 - mid-body: all we can do is reset
@@ -383,14 +396,14 @@ class _Flow:
     async def sendall(self, data: bytes) -> None:
         """Write to the application; it going away ends the flow."""
         try:
-            await self.loop.sock_sendall(self.sock, data)
+            await self.app.sendall(data)
         except OSError as exc:
             raise _Abort from exc
 
     async def tunnel(self, method: str, headers: list[tuple[str, str]], raw: bytes) -> bool:
         """Switch the flow to a byte tunnel to the origin; the request bytes go first."""
         host, port = self.dst
-        if method != "CONNECT":
+        if method != "CONNECT" and self.origin is None:
             host_value = next((v for n, v in headers if n.lower() == "host"), None)
             if host_value:
                 try:
@@ -400,7 +413,7 @@ class _Flow:
                     await self.reply(bad_request_reply(str(exc)))
                     return False
         try:
-            stream = await self.pool.open_tunnel(host, port)
+            stream = await self.open_tunnel(host, port)
         except Exception as exc:  # noqa: BLE001 - becomes the application's error response
             if isinstance(exc, LocalProtocolError):
                 self.counters.bad_requests += 1
@@ -410,7 +423,7 @@ class _Flow:
             await self.reply(error_reply(exc))
             return False
         self.counters.tunnels += 1
-        result = await relay_stream(self.sock, stream, first_up=raw, idle_timeout=self.idle_timeout)
+        result = await relay_stream(self.app.socket or self.app, stream, first_up=raw, idle_timeout=self.idle_timeout)
         self.counters.bytes_up += result.bytes_up
         self.counters.bytes_down += result.bytes_down
         if result.reason != "closed":
@@ -459,30 +472,7 @@ class _Flow:
         self.note_error(message, f"request relay: {failure_kind(exc)}")
 
     async def close(self, mode: str) -> None:
-        """Close the application's socket: lingering (graceful), plain, or with an RST."""
+        """Close the application's connection: lingering (graceful), plain, or with an RST."""
         if self.body is not None:
             self.body.abandon_if_running()
-        sock = self.sock
-        if mode == "reset":
-            set_reset_on_close(sock)
-        try:
-            if mode == "graceful":
-                await _lingering_close(self.loop, sock)
-        finally:
-            sock.close()
-
-
-async def _lingering_close(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    """FIN first, then read and drop what the application still sends (bounded), so that
-    closing with unread bytes does not RST away a response it has not read yet."""
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        async with asyncio.timeout(LINGER_S):
-            drained = 0
-            while drained < LINGER_BYTES:
-                data = await loop.sock_recv(sock, RECV_SIZE)
-                if not data:
-                    return
-                drained += len(data)
-    except (OSError, TimeoutError):
-        pass
+        await self.app.aclose(mode)

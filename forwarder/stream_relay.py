@@ -1,7 +1,8 @@
 """Relay bytes both ways between an application socket and a pool ByteStream.
 
 Used when an HTTP/1.x flow turns into a tunnel (CONNECT from the application, an
-``Upgrade`` such as WebSocket). Each direction moves one buffer at a time and waits for
+``Upgrade`` such as WebSocket). The application's side is a plain socket, or an
+:class:`~.appconn.AppConn` (TLS we terminated). Each direction moves one buffer at a time and waits for
 the other side to take it, so memory per flow is two buffers. Half-close travels:
 EOF from the application becomes ``write_eof()``, the end of the stream a FIN. The two
 directions are tasks of one TaskGroup: one failing cancels the other.
@@ -12,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import dataclass
+from functools import partial
 
+from atlantic.forwarder.appconn import AppConn
 from atlantic.pool.api import ByteStream
 
 __all__ = ["StreamRelayResult", "relay_stream"]
@@ -31,7 +34,7 @@ class StreamRelayResult:
 
 
 async def relay_stream(
-    sock: socket.socket,
+    sock: socket.socket | AppConn,
     stream: ByteStream,
     *,
     first_up: bytes = b"",
@@ -48,6 +51,16 @@ async def relay_stream(
     keep-alive would otherwise hold the stream, and a backend connection, for minutes.
     """
     loop = asyncio.get_running_loop()
+    if isinstance(sock, socket.socket):
+        recv, sendall = partial(loop.sock_recv, sock), partial(loop.sock_sendall, sock)
+
+        async def write_eof() -> None:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+    else:
+        recv, sendall, write_eof = sock.recv, sock.sendall, sock.write_eof
     moved = [0, 0]
     last = [loop.time()]
 
@@ -56,7 +69,7 @@ async def relay_stream(
             await stream.write(first_up)
             moved[0] += len(first_up)
         while True:
-            data = await loop.sock_recv(sock, CHUNK)
+            data = await recv(CHUNK)
             if not data:
                 await stream.write_eof()
                 return
@@ -68,13 +81,10 @@ async def relay_stream(
         while True:
             data = await stream.read(CHUNK)
             if not data:
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+                await write_eof()
                 return
             last[0] = loop.time()
-            await loop.sock_sendall(sock, data)
+            await sendall(data)
             moved[1] += len(data)
 
     reason = "closed"

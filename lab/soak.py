@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import random
+import socket
 import ssl
 import subprocess
 import sys
@@ -97,11 +98,32 @@ def _rss_kib(pid: int) -> int | None:
     return None
 
 
+def _memory(pid: int, sites: bool) -> dict:
+    """The daemon's ``memory`` report over its control socket (root only); {} if it did not answer.
+    The lab config keeps the default state_dir, one per network namespace (client/state.py)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(60)
+            s.connect(f"/run/atlantic/net{os.stat(f'/proc/{pid}/ns/net').st_ino}.sock")
+            s.sendall(json.dumps({"cmd": "memory", "sites": sites}).encode() + b"\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return json.loads(data)
+    except (OSError, ValueError):
+        return {}
+
+
 def run(lab: LabEnv, minutes: float, *, sample_s: float = 30.0, bulk_every: float = 120.0,
-        burst: int = 200, burst_every: float = 300.0) -> dict:
-    """Atlantic up through Squid, the load for ``minutes``, RSS sampled; always down after."""
+        burst: int = 200, burst_every: float = 300.0, trace_frames: int = 0, baseline_min: float = 10.0) -> dict:
+    """Atlantic up through Squid, the load for ``minutes``, RSS sampled; always down after.
+
+    ``trace_frames`` > 0 starts the daemon with tracemalloc (ATLANTIC_TRACEMALLOC): each sample
+    then has the traced Python heap beside RSS, and the result lists the allocation sites
+    that grew from ``baseline_min`` minutes in (after the first burst) to the end."""
     with tempfile.TemporaryDirectory(prefix="atl-soak-") as tmp:
-        up_with(lab, lab_config(lab, Path(tmp), [lab.proxy_ip]))
+        env = dict(os.environ, ATLANTIC_TRACEMALLOC=str(trace_frames)) if trace_frames else None
+        up_with(lab, lab_config(lab, Path(tmp), [lab.proxy_ip]), env=env)
         pid = status(lab)["pid"]
         log_file = Path(os.readlink(f"/proc/{pid}/fd/2"))  # a daemon `up` started logs through its stderr
         log_at = log_file.stat().st_size
@@ -111,13 +133,21 @@ def run(lab: LabEnv, minutes: float, *, sample_s: float = 30.0, bulk_every: floa
              "--seconds", str(seconds), "--ca", lab.ca_file, "--bulk-every", str(bulk_every),
              "--burst", str(burst), "--burst-every", str(burst_every)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        rss, t0 = [], time.monotonic()
+        rss, traced, growth, t0 = [], [], {}, time.monotonic()
         try:
             while loader.poll() is None and time.monotonic() - t0 < seconds + 600:
-                rss.append((round(time.monotonic() - t0), _rss_kib(pid)))
+                at = round(time.monotonic() - t0)
+                rss.append((at, _rss_kib(pid)))
+                if trace_frames:
+                    traced.append((at, _memory(pid, sites=False).get("traced_kib")))
+                    if not growth and at >= baseline_min * 60:
+                        growth = {"baseline_s": at, "largest": _memory(pid, sites=True).get("largest", [])}
                 time.sleep(sample_s)
             out, err = loader.communicate(timeout=600)
             final = status(lab)
+            if trace_frames and growth:
+                end = _memory(pid, sites=True)
+                growth.update(end_s=round(time.monotonic() - t0), growth=end.get("growth", []))
         finally:
             if loader.poll() is None:
                 loader.kill()
@@ -128,7 +158,8 @@ def run(lab: LabEnv, minutes: float, *, sample_s: float = 30.0, bulk_every: floa
             atlantic(lab, "down")
     noisy = [ln for ln in text.splitlines() if f"atlantic[{pid}]" in ln and (" WARNING " in ln or " ERROR " in ln)]
     counts = json.loads(out) if out.strip() else {"load_error": err.strip()[-300:]}
-    return {"minutes": minutes, "counts": counts, "rss_kib": rss,
+    extra = {"traced_kib": traced, "traced_growth": growth} if trace_frames else {}
+    return {"minutes": minutes, "counts": counts, "rss_kib": rss, **extra,
             "flows_total": final.get("flows_total"), "flows_failed": final.get("flows_failed"),
             "log_lines_warning_or_error": len(noisy), "log_examples": noisy[:10]}
 
@@ -145,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="(host, lab up) Atlantic up, the load, RSS sampled; write --out")
     r.add_argument("--minutes", type=float, default=60)
     r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--trace-frames", type=int, default=0,
+                   help="run the daemon under tracemalloc with this many frames (slower; finds what grows)")
+    r.add_argument("--baseline-min", type=float, default=10.0,
+                   help="with --trace-frames: compare allocation sites from this minute on")
     args = p.parse_args(argv)
     if args.cmd == "load":
         print(json.dumps(asyncio.run(load(args.seconds, args.ca, args.bulk_every, args.burst, args.burst_every))))
@@ -155,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     if lab is None:
         print("error: the lab is not up; run `atlantic lab up` first", file=sys.stderr)
         return 1
-    result = run(lab, args.minutes)
+    result = run(lab, args.minutes, trace_frames=args.trace_frames,
+                 baseline_min=args.baseline_min)
     result["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

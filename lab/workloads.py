@@ -53,27 +53,44 @@ def lab_config(lab: LabEnv, directory: Path, proxies: list[str], extra: str = ""
     return conf
 
 
-def up_with(lab: LabEnv, conf: Path) -> None:
-    """`atlantic down`, then `atlantic up --config conf` in the client namespace; raises
-    RuntimeError with the daemon's one line when it does not come up."""
+def up_with(lab: LabEnv, conf: Path, env: dict[str, str] | None = None) -> None:
+    """`atlantic down`, then `atlantic up --config conf` in the client namespace (the daemon
+    inherits ``env`` when given); raises RuntimeError with the daemon's one line when it does
+    not come up."""
     atlantic(lab, "down")
-    res = atlantic(lab, "up", "--config", str(conf))
+    res = ns(lab, [sys.executable, "-m", "atlantic", "up", "--config", str(conf)], timeout=60, env=env)
     if res.returncode != 0:
         raise RuntimeError(f"atlantic up failed: {res.stderr.strip()}")
 
 
-def atlantic_up(env: LabEnv, url: str, ca: str | None = None, settle_s: float = 0.5, monitor: bool = True) -> None:
+def atlantic_up(env: LabEnv, url: str, ca: str | None = None, settle_s: float = 0.5, monitor: bool = True,
+                intercept: tuple[str, ...] = (), ca_dir: Path | None = None) -> str | None:
     """`atlantic up` in the client namespace with upstream ``url`` (and a CA for https://);
-    the health monitor probes the lab's origin, or is off (``monitor=False``)."""
+    the health monitor probes the lab's origin, or is off (``monitor=False``).
+
+    ``intercept``: names whose HTTPS Atlantic terminates, with a local CA made first in
+    ``ca_dir`` (`atlantic ca init`) and the lab's CA trusted for origins; returns the local
+    CA's PEM, the one certificate applications must then trust (else None)."""
     health = (f'[health]\nprobe_url = "http://{env.origin_host}/small"\nexpected_status = 200\n'
               f'echo_url = "http://{env.origin_host}/ip"\n' if monitor else "[health]\nenabled = false\n")
+    tls = ""
+    if intercept:
+        if ca_dir is None:
+            raise ValueError("intercept needs a ca_dir for the local CA")
+        names = ", ".join(f'"{n}"' for n in intercept)
+        tls = f'[tls]\nintercept = [{names}]\nca_dir = "{ca_dir}"\norigin_ca_file = "{env.ca_file}"\n'
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:  # 0600: the URL has the password
-        f.write(f'[upstream]\nurl = "{url}"\n' + (f'ca_file = "{ca}"\n' if ca else "") + health)
+        f.write(f'[upstream]\nurl = "{url}"\n' + (f'ca_file = "{ca}"\n' if ca else "") + tls + health)
     try:
+        if intercept:
+            res = atlantic(env, "ca", "init", "--config", f.name)
+            if res.returncode != 0:
+                raise RuntimeError(f"atlantic ca init failed: {res.stderr.strip()}")
         up_with(env, Path(f.name))
     finally:
         os.unlink(f.name)
     time.sleep(settle_s)  # let the pool open its warm connections, as it would on a laptop
+    return str(ca_dir / "ca.pem") if intercept else None
 
 
 def atlantic_down(env: LabEnv) -> dict:
@@ -84,10 +101,11 @@ def atlantic_down(env: LabEnv) -> dict:
 
 
 def curl_times(env: LabEnv, urls: list[str], proxy: str | None, one_process: bool,
-               progress: Callable[[], None] | None = None) -> list[float]:
-    """curl's own time_total per URL: one process for all URLs, or a new process per URL."""
+               progress: Callable[[], None] | None = None, cacert: str | None = None) -> list[float]:
+    """curl's own time_total per URL: one process for all URLs, or a new process per URL;
+    curl trusts ``cacert`` alone (default: the lab's CA)."""
     # --noproxy would override -x: only a run without a proxy option gets it.
-    base = ["curl", "-sS", "--fail", "--cacert", env.ca_file, "-w", "%{time_total}\n"]
+    base = ["curl", "-sS", "--fail", "--cacert", cacert or env.ca_file, "-w", "%{time_total}\n"]
     base[1:1] = ["-x", proxy] if proxy else ["--noproxy", "*"]
     out: list[float] = []
     for batch in ([urls] if one_process else [[u] for u in urls]):
@@ -104,18 +122,24 @@ def curl_times(env: LabEnv, urls: list[str], proxy: str | None, one_process: boo
     return out
 
 
-def ytdlp_seconds(env: LabEnv, proxy: str | None, exe: str = "yt-dlp") -> float:
-    """Wall time for yt-dlp (``exe``) to download the lab's HLS stream.
+def ytdlp_seconds(env: LabEnv, proxy: str | None, exe: str = "yt-dlp", scheme: str = "http",
+                  cacert: str | None = None) -> float:
+    """Wall time for yt-dlp (``exe``) to download the lab's HLS stream over ``scheme``.
 
     Debian's and PyPI's yt-dlp (without the optional ``requests``) both open a new
-    connection per segment.
+    connection per segment. Over https, yt-dlp trusts ``cacert`` alone (default: the lab's
+    CA), through OpenSSL's SSL_CERT_FILE with its certifi bundle turned off.
     """
     with tempfile.TemporaryDirectory(prefix="atlantic-ytdlp-") as d:
         argv = [exe, "--quiet", "--no-progress", "--no-cache-dir", "-o", f"{d}/video.%(ext)s",
-                f"http://{env.origin_host}/hls/index.m3u8"]
+                f"{scheme}://{env.origin_host}/hls/index.m3u8"]
         argv += ["--proxy", proxy] if proxy else []
+        extra_env = None
+        if scheme == "https":
+            argv[1:1] = ["--compat-options", "no-certifi"]
+            extra_env = {**os.environ, "SSL_CERT_FILE": cacert or env.ca_file}
         t0 = time.perf_counter()
-        res = ns(env, argv, timeout=1200)
+        res = ns(env, argv, timeout=1200, env=extra_env)
         took = time.perf_counter() - t0
         if res.returncode != 0:
             raise RuntimeError(f"yt-dlp failed: {(res.stderr.strip().splitlines() or ['no output'])[-1]}")

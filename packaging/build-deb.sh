@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build dist/atlantic_<version>_<arch>.deb: Atlantic in its own virtualenv under
 # /opt/atlantic/venv on the system's /usr/bin/python3 (Debian 12: 3.11), /usr/bin/atlantic,
-# the systemd unit, /etc/atlantic/atlantic.toml (a conffile) and the maintainer scripts
-# in packaging/deb/.
+# the systemd units (atlantic.service; atlantic-killswitch.service, the optional early-boot
+# kill switch, disabled), /etc/atlantic/atlantic.toml (a conffile) and the maintainer
+# scripts in packaging/deb/.
 #
 #   packaging/build-deb.sh [--output DIR] [--version VERSION] [--compress xz|zstd] [--install-deps]
 #
@@ -89,6 +90,7 @@ fi
 mkdir -p "$root/usr/bin" "$root/DEBIAN"
 ln -s /opt/atlantic/venv/bin/atlantic "$root/usr/bin/atlantic"
 install -D -m 0644 packaging/atlantic.service "$root/lib/systemd/system/atlantic.service"
+install -D -m 0644 packaging/atlantic-killswitch.service "$root/lib/systemd/system/atlantic-killswitch.service"
 install -D -m 0644 packaging/deb/atlantic.toml "$root/etc/atlantic/atlantic.toml"
 install -D -m 0644 packaging/deb/copyright "$root/usr/share/doc/atlantic/copyright"
 install -D -m 0644 packaging/deb/lintian-overrides "$root/usr/share/lintian/overrides/atlantic"
@@ -113,7 +115,8 @@ Description: system-wide proxy client over warm pooled connections
  every flow, a userspace forwarder carries it over a shared pool of warm
  HTTP/1.1 and HTTP/2 connections. DNS, IPv6, QUIC and a crashed daemon never
  leak: an nftables kill switch stays until \`atlantic down\`. Runs as the
- systemd service atlantic.service.
+ systemd service atlantic.service; atlantic-killswitch.service (disabled
+ unless enabled) seals the machine from boot until the proxy is up.
 EOF
 # Whatever the umask: directories 0755, files readable, nothing group- or other-writable.
 chmod -R u+rwX,go+rX,go-w "$root"

@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 # adduser and init-system-helpers (deb-systemd-helper): the Debian package's maintainer
 # scripts use them (tests/test_deb.py installs it into a throwaway root, whose programs come
 # from this machine); minimal images lack them. systemd: systemd-analyze, which checks the
-# unit (tests/test_unit_file.py). dpkg-deb (in dpkg) builds the package.
+# unit (tests/test_unit_file.py). dpkg-deb (in dpkg) builds the package. ca-certificates:
+# update-ca-certificates, which `atlantic ca install` runs (tests/test_ca_cli.py). dbus:
+# dbus-daemon, the private bus the suspend watcher is tested on (tests/test_sleepwatch_dbus.py).
 packages=(
     squid nginx-light nghttp2-proxy nftables ffmpeg curl iproute2 openssl
     apache2-utils tcpdump dnsutils procps python3-venv yt-dlp adduser
-    init-system-helpers systemd util-linux
+    init-system-helpers systemd util-linux ca-certificates dbus
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -3,18 +3,19 @@
 The forwarder (the application side, h11) parses what the application sent and hands
 the pool an origin-form request with only end-to-end headers; the pool decides how it
 travels (absolute-form to an HTTP proxy with Proxy-Authorization, a stream on an HTTP/2
-proxy connection, or origin-form on a pooled origin connection for ``direct``) and on
-which connection. Bodies stream both ways; nothing here buffers a whole body.
+proxy connection, origin-form on a pooled origin connection for ``direct``, or, for
+``https``, on a pooled TLS connection to the origin inside a tunnel) and on which connection. Bodies stream both ways; nothing here buffers a whole body.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the pure cores that import this stay free of I/O modules
+    import socket
+
     from atlantic.pool.splice import ByteCounters
 
 Headers = tuple[tuple[str, str], ...]
@@ -22,7 +23,11 @@ Headers = tuple[tuple[str, str], ...]
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """The origin as the application addressed it (scheme ``http``; HTTPS rides tunnels)."""
+    """The origin as the application addressed it.
+
+    Scheme ``http``, or ``https`` once the forwarder terminated the application's TLS:
+    such requests ride pooled TLS connections to the origin (see ``pool.origin_tls``).
+    """
 
     scheme: str
     host: str
@@ -151,7 +156,9 @@ class Pool(Protocol):
 
         Raises the errors of ``atlantic.pool.errors``: ``UpstreamUnreachableError`` /
         ``UpstreamTimeoutError`` (no connection), ``UpstreamAuthError`` (407 from the proxy)
-        and ``RemoteProtocolError`` (the upstream broke HTTP); :class:`LocalProtocolError`
+        ``RemoteProtocolError`` (the upstream broke HTTP), ``OriginTLSError`` (``https``: the
+        origin's certificate did not verify, or TLS to it failed; ``.origin`` and ``.reason``
+        for a 502 that names it); :class:`LocalProtocolError`
         (an ``UpstreamError`` too) when ``head`` cannot be written as HTTP at all.
         Header values are Latin-1 text: each character stands for the byte it was decoded
         from, so bytes the application sent travel unchanged.

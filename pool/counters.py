@@ -19,11 +19,14 @@ class Counters:
     """Plain integer counters (hot path: one attribute increment) and a TTFB window."""
 
     __slots__ = ("requests", "connections_opened", "reused", "h2_streams", "tunnels_warm",
-                 "tunnels_cold", "retries", "connections_open", "ttfb_ms")
+                 "tunnels_cold", "retries", "connections_open", "origin_tls_opened",
+                 "origin_tls_reused", "origin_tls_resumed", "ttfb_ms")
 
     def __init__(self, window: int = TTFB_WINDOW) -> None:
         self.requests = self.connections_opened = self.reused = self.h2_streams = 0
         self.tunnels_warm = self.tunnels_cold = self.retries = self.connections_open = 0
+        # HTTPS requests on pooled origin TLS connections (also in connections_opened / reused)
+        self.origin_tls_opened = self.origin_tls_reused = self.origin_tls_resumed = 0
         self.ttfb_ms: deque[float] = deque(maxlen=window)
 
     def record_ttfb(self, sent_at: float, head_at: float) -> None:

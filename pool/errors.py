@@ -53,3 +53,17 @@ class LocalProtocolError(UpstreamError):
     name or IP literal, a header value that is not Latin-1 text or holds a control
     character, a target with bytes HTTP does not allow. One line, naming what is wrong.
     """
+
+
+class OriginTLSError(UpstreamError):
+    """TLS to the origin failed (certificate chain or name did not verify, or the handshake
+    broke): the origin's fault, or whoever answered in its name. Never retried unverified.
+
+    ``origin`` is ``host:port``; ``reason`` the short cause (e.g. ``certificate verify
+    failed: self-signed certificate``), for a 502 that names it.
+    """
+
+    def __init__(self, origin: str, reason: str) -> None:
+        super().__init__(f"origin {origin}: {reason}")
+        self.origin = origin
+        self.reason = reason

@@ -56,7 +56,7 @@ class H2Stream:
     """
 
     __slots__ = ("conn", "id", "status", "headers", "ended", "error", "_sent_end", "_closed",
-                 "_chunks", "_offset", "_wake", "_head", "_on_close")
+                 "_chunks", "_offset", "_wake", "_head", "_on_close", "_pending")
 
     def __init__(self, conn: StreamConn, stream_id: int, on_close: Callable[[], None], *,
                  sent_end: bool = False) -> None:
@@ -73,6 +73,7 @@ class H2Stream:
         self._wake = asyncio.Event()  # data, end, reset, window update
         self._head = asyncio.get_running_loop().create_future()
         self._on_close = on_close
+        self._pending = b""  # write_nowait's bytes beyond the send window
 
     @property
     def sent_end(self) -> bool:
@@ -129,6 +130,64 @@ class H2Stream:
             self.conn.send_data(self.id, view[:size].tobytes())
             view = view[size:]
             await self.conn.drain()
+
+    # What TLS to the origin needs of its carrier (``tlsstream.Carrier``).
+    def write_nowait(self, data: bytes) -> None:
+        """Queue ``data``: sent now within the flow-control windows, the rest as they open
+        (on WINDOW_UPDATE, or at :meth:`drain`). Dropped once the stream failed."""
+        if self.error is None and not self._sent_end:
+            self._pending += data
+            self._send_pending()
+
+    async def drain(self) -> None:
+        """Wait until everything :meth:`write_nowait` queued is sent; raises once the stream failed."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            self._send_pending()
+            if not self._pending:
+                break
+            self._wake.clear()
+            await self._wake.wait()
+        await self.conn.drain()
+
+    def take_buffered(self) -> bytes:
+        """Remove and return the data received and not read yet (acknowledged to the peer)."""
+        out = []
+        while self._chunks:
+            data, flow = self._chunks.popleft()
+            out.append(data[self._offset:])
+            self._offset = 0
+            if flow:
+                self.conn.acknowledge(self.id, flow)
+        return b"".join(out)
+
+    def is_peer_closed(self) -> bool:
+        """True once the peer ended or reset the stream, or it failed, or data waits unread."""
+        return self.ended or self.error is not None or self._closed or bool(self._chunks)
+
+    def is_closing(self) -> bool:
+        """True once the stream is closed or failed."""
+        return self._closed or self.error is not None
+
+    def abort(self) -> None:
+        """RST_STREAM (CANCEL) and close, at once."""
+        if not self._closed:
+            if self.error is None:
+                self.conn.reset(self.id)
+            self._close()
+
+    def _send_pending(self) -> None:
+        while self._pending and self.error is None:
+            try:
+                size = self.conn.send_window(self.id)
+            except Exception as e:  # noqa: BLE001 - the stream is gone: fail it, never the caller
+                self.on_error(e)
+                return
+            if size <= 0:
+                return
+            piece, self._pending = self._pending[:size], self._pending[size:]
+            self.conn.send_data(self.id, piece)
 
     async def write_eof(self) -> None:
         """END_STREAM: no more data from us."""
@@ -195,7 +254,9 @@ class H2Stream:
         self._close()
 
     def on_window(self) -> None:
-        """Our send window may have grown (WINDOW_UPDATE, SETTINGS): wake a waiting writer."""
+        """Our send window may have grown (WINDOW_UPDATE, SETTINGS): send what waits, wake a writer."""
+        if self._pending:
+            self._send_pending()
         self._wake.set()
 
     # ---- internal ----

@@ -67,6 +67,8 @@ def check_host(host: str, port: int = 80) -> None:
 def check_request(head: RequestHead) -> None:
     """:class:`LocalProtocolError` (one line) if ``head`` cannot be written as HTTP/1.1 or
     HTTP/2: checked before any connection is used, so a bad request costs none."""
+    if head.endpoint.scheme not in ("http", "https"):
+        raise LocalProtocolError(f"scheme {_shown(head.endpoint.scheme)} is neither http nor https")
     check_host(head.endpoint.host, head.endpoint.port)
     if not _TOKEN.match(head.method):
         raise LocalProtocolError(f"method {_shown(head.method)} is not an HTTP token")

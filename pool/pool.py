@@ -3,7 +3,9 @@
 Every request enqueues a waiter, one synchronous assignment pass places it (reuse the
 most recently used connection, else open one under the per-key limit, else wait), and
 the request goes out on that connection: HTTP/1.1 keep-alive (h11) to a proxy or origin,
-or a stream on an HTTP/2 proxy connection (h2). Tunnels ride CONNECT streams (h2) or
+or a stream on an HTTP/2 proxy connection (h2). ``https`` requests go on pooled TLS
+connections to the origin inside a tunnel (:mod:`.origin_tls`), h1 or h2 as the origin's
+ALPN says, keyed per (proxy key, origin). Tunnels ride CONNECT streams (h2) or
 consume a warm HTTP/1.1 proxy connection. The clock is injected (``clock``) and only
 read here, never in the core. Connection life (plan records and live objects) is the
 :class:`~atlantic.pool.conns.ConnectionSet`'s.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
@@ -23,17 +26,21 @@ from functools import partial
 from atlantic.pool.connect import ConnectResponse, format_authority, raise_for_status
 from atlantic.pool.errors import RemoteProtocolError, UpstreamError, UpstreamTimeoutError
 from atlantic.pool.upstream import UpstreamKind
-from atlantic.pool.api import ByteStream, RequestHead
+from atlantic.pool.api import ByteStream, Endpoint, RequestHead
 from atlantic.pool.background import PoolTasks, expire_loop, refresh_loop, warm_loop
 from atlantic.pool.conns import Connection, ConnectionSet
 from atlantic.pool.counters import Counters
 from atlantic.pool.exchange import (
     H2ResponseStream, auth_error, h2_connect_headers, h2_request_headers, h2_response_head,
 )
-from atlantic.pool.h2conn import H2Connection, H2Event
+from atlantic.pool.h2conn import H2Connection, H2Event, H2Stream
 from atlantic.pool.http11 import ConnectionLost, H1Connection, H1ResponseStream, check_host, check_request
+from atlantic.pool.origin_tls import (
+    SessionCache, is_origin_key, open_origin_tls, origin_address, origin_key, origin_tls_context,
+)
 from atlantic.pool.plan import ConnRecord, PoolKey, PoolPlan
 from atlantic.pool.proxyurl import ProxyConfig, ProxySnapshot, ProxyURLCache, proxy_key
+from atlantic.pool.tlsstream import TLSStream
 from atlantic.pool.transport import SocketStream, Transport, open_transport, proxy_tls_context
 from atlantic.pool.tunnel import WarmSet, connect_over
 
@@ -48,13 +55,15 @@ class UpstreamPool:
 
     ``proxy``: a URL, a :class:`ProxyConfig` or a :class:`ProxyURLCache` (shared with
     whoever rotates it). ``mark``: SO_MARK for every socket. ``warm_tunnels``: ready
-    HTTP/1.1 proxy connections kept for CONNECT (0 disables). Use as ``async with`` or
+    HTTP/1.1 proxy connections kept for CONNECT (0 disables). ``ca_file``: extra CA for
+    the proxy's certificate; ``origin_ca_file``: a CA trusted for origins (``https``
+    requests) besides the system store. Use as ``async with`` or
     call :meth:`start` / :meth:`aclose`; a closed pool refuses new work.
     """
 
     def __init__(self, proxy: str | ProxyConfig | ProxyURLCache, *, mark: int | None = None,
-                 ca_file: str | None = None, connect_timeout: float = 10.0,
-                 queue_timeout: float = 60.0, idle_timeout: float = 90.0, max_per_key: int = 128,
+                 ca_file: str | None = None, origin_ca_file: str | None = None,
+                 connect_timeout: float = 10.0, queue_timeout: float = 60.0, idle_timeout: float = 90.0, max_per_key: int = 128,
                  max_total: int = 256, warm_tunnels: int = 2, ping_interval: float = 20.0,
                  ping_timeout: float = 10.0, early_connect_data: bool = False,
                  clock: Callable[[], float] = time.monotonic,
@@ -77,9 +86,12 @@ class UpstreamPool:
         self.stats = Counters()
         self.warm = WarmSet(warm_tunnels)
         self._tls = proxy_tls_context(ca_file) if proxy.current.upstream.kind is UpstreamKind.HTTPS else None
+        self._origin_ca_file = origin_ca_file
+        self._origin_tls: ssl.SSLContext | None = None  # made at the first https request
+        self.sessions = SessionCache()  # TLS sessions to resume, per origin key
         self._futs: dict[object, asyncio.Future] = {}
         self._snaps: dict[PoolKey, ProxySnapshot] = {}
-        self._h1_keys: set[PoolKey] = set()  # https proxies that answered ALPN with http/1.1
+        self._h1_keys: set[PoolKey] = set()  # https proxies / origins that chose http/1.1 by ALPN
         self._warm_wanted = asyncio.Event()
         self._last_tunnel = -1e18
         self._closing = False
@@ -122,8 +134,8 @@ class UpstreamPool:
 
     def drain(self) -> None:
         """New flows go elsewhere now (another upstream took over), or the network path
-        changed: close the idle and warm connections; requests and tunnels under way finish
-        on theirs."""
+        changed: close the idle and warm connections (origin TLS ones too); requests and
+        tunnels under way finish on theirs."""
         self.warm.close_all()
         self.conns.drop_idle()
 
@@ -150,8 +162,8 @@ class UpstreamPool:
         self.stats.requests += 1
         retried = False
         for _ in range(_MAX_ATTEMPTS):
-            rec, conn, reused = await self._acquire(self._key_for(snap, head.endpoint.host,
-                                                                  head.endpoint.port), snap)
+            key = self._key_for(snap, head.endpoint)
+            rec, conn, reused = await self._acquire(key, snap)
             if conn is None:
                 continue  # closed between placement and use
             if isinstance(conn, H1Connection) and reused and conn.is_peer_closed():
@@ -159,6 +171,7 @@ class UpstreamPool:
                 continue
             if reused:
                 self.stats.reused += 1
+                self.stats.origin_tls_reused += is_origin_key(key)
             sent_at = self.clock()
             try:
                 if isinstance(conn, H2Connection):
@@ -190,7 +203,9 @@ class UpstreamPool:
 
     async def _h2_request(self, rec, conn: H2Connection, head, body, snap) -> H2ResponseStream:
         no_body = head.body_length == 0 or body is None and head.body_length is None
-        stream = conn.open_stream(h2_request_headers(head, snap.proxy_authorization),
+        to_proxy = not is_origin_key(rec.key)  # an origin never sees the proxy's credentials
+        auth = snap.proxy_authorization if to_proxy else None
+        stream = conn.open_stream(h2_request_headers(head, auth),
                                   end_stream=no_body, on_close=lambda: self._stream_done(rec))
         self.stats.h2_streams += 1
         try:
@@ -203,7 +218,7 @@ class UpstreamPool:
         except BaseException:
             await stream.aclose(reset=True)
             raise
-        if status == 407:
+        if status == 407 and to_proxy:
             await stream.aclose(reset=True)
             raise auth_error(snap.upstream.redacted(),
                              f"{head.method} http://{head.endpoint.authority}{head.target}")
@@ -219,13 +234,17 @@ class UpstreamPool:
         check_host(host, port)  # LocalProtocolError: nothing to carry a broken name to a CONNECT line
         await self._ensure_started()
         snap = self.proxy.current
+        self.stats.connections_opened += snap.upstream.is_direct
+        return await self._tunnel(host, port, snap)
+
+    async def _tunnel(self, host: str, port: int, snap: ProxySnapshot) -> SocketStream | H2Stream:
+        """A tunnel through ``snap``'s upstream (for the application, or an origin TLS connection)."""
         up = snap.upstream
         now = self.clock()
         if up.is_direct:
             t = await open_transport(host, port, now=now, mark=self.mark,
                                      timeout=self.connect_timeout, what="target")
             self.stats.tunnels_cold += 1
-            self.stats.connections_opened += 1
             return SocketStream(t)
         self._last_tunnel = now
         key = snap.key
@@ -288,8 +307,11 @@ class UpstreamPool:
         return stream
 
     # ---- connections ----
-    def _key_for(self, snap: ProxySnapshot, host: str, port: int) -> PoolKey:
-        if snap.upstream.is_direct:
+    def _key_for(self, snap: ProxySnapshot, endpoint: Endpoint) -> PoolKey:
+        host, port = endpoint.host, endpoint.port
+        if endpoint.scheme == "https":
+            key = origin_key(snap.key, host, port)
+        elif snap.upstream.is_direct:
             key = proxy_key(snap.upstream, None, f"{host}:{port}")
         else:
             key = snap.key
@@ -299,7 +321,7 @@ class UpstreamPool:
     async def _acquire(self, key: PoolKey, snap: ProxySnapshot):
         """Wait for a placement: ``(record, connection, reused)``."""
         self._snaps.setdefault(key, snap)
-        if snap.upstream.kind is UpstreamKind.HTTPS and key not in self._h1_keys:
+        if (snap.upstream.kind is UpstreamKind.HTTPS or is_origin_key(key)) and key not in self._h1_keys:
             self.plan.h2_keys.add(key)  # ALPN offers h2 first: open one, not one per request
         waiter = self.plan.enqueue(key, self.clock())
         fut = asyncio.get_running_loop().create_future()
@@ -351,6 +373,17 @@ class UpstreamPool:
                                     server_hostname=up.host,
                                     timeout=self.connect_timeout, what=f"proxy {up}")
 
+    async def _open_origin(self, key: PoolKey, snap: ProxySnapshot) -> TLSStream:
+        """A verified TLS connection to the origin of ``key``, inside a tunnel through ``snap``."""
+        if self._origin_tls is None:
+            self._origin_tls = origin_tls_context(self._origin_ca_file)
+        t = await open_origin_tls(partial(self._tunnel, *origin_address(key), snap), key,
+                                  ctx=self._origin_tls, sessions=self.sessions, now=self.clock(),
+                                  timeout=self.connect_timeout)
+        self.stats.origin_tls_opened += 1
+        self.stats.origin_tls_resumed += t.resumed
+        return t
+
     async def _open_warm(self, snap: ProxySnapshot) -> Transport:
         return await self._open(snap.key, snap)
 
@@ -368,8 +401,10 @@ class UpstreamPool:
     async def _open_for(self, rec: ConnRecord, fut: asyncio.Future | None) -> None:
         snap = self._snaps[rec.key]
         try:
-            t = await self._open(rec.key, snap)
-            name = f"proxy {snap.upstream}" if not snap.upstream.is_direct else f"origin {rec.key.origin}"
+            origin = is_origin_key(rec.key)
+            t = await (self._open_origin if origin else self._open)(rec.key, snap)
+            name = (t.name if origin else f"proxy {snap.upstream}" if not snap.upstream.is_direct
+                    else f"origin {rec.key.origin}")
             if t.alpn == "h2":
                 conn = H2Connection(t, name=name, clock=self.clock, on_event=lambda ev: self._h2_event(rec, ev),
                                     ping_interval=self.ping_interval, ping_timeout=self.ping_timeout)
@@ -377,9 +412,10 @@ class UpstreamPool:
                 await conn.start(self.connect_timeout)
                 self.conns.connected(rec, self.clock(), http2=True, max_streams=conn.max_streams)
             else:
-                if snap.upstream.kind is UpstreamKind.HTTPS:
+                if snap.upstream.kind is UpstreamKind.HTTPS or origin:
                     self._h1_keys.add(rec.key)
-                self.conns.add(rec, H1Connection(t, absolute_form=not snap.upstream.is_direct, name=name))
+                absolute = not (snap.upstream.is_direct or origin)  # origin-form to an origin
+                self.conns.add(rec, H1Connection(t, absolute_form=absolute, name=name))
                 self.conns.connected(rec, self.clock(), http2=False)
             self.stats.connections_opened += 1
         except BaseException as e:

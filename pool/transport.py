@@ -198,6 +198,10 @@ class Transport:
         p = self._p
         return p.eof or p.error is not None or bool(p.buffer) or self._tr.is_closing()
 
+    def take_buffered(self) -> bytes:
+        """Remove and return every byte received and not read yet."""
+        return self._p.take()
+
     def is_plain_tcp(self) -> bool:
         """True for an open connection without TLS: its bytes can be spliced."""
         return not self.is_tls and not self._tr.is_closing()
@@ -364,6 +368,36 @@ class SocketStream:
         """Send; waits while the socket's buffer is full."""
         self._t.write(data)
         await self._t.drain()
+
+    # What TLS to the origin needs of its carrier (``tlsstream.Carrier``).
+    def write_nowait(self, data: bytes) -> None:
+        """Queue ``data`` for sending (see :meth:`drain`)."""
+        self._t.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the socket's buffer is full; raises once the connection is lost."""
+        await self._t.drain()
+
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes received and not read yet."""
+        data, self._first = self._first + self._t.take_buffered(), b""
+        return data
+
+    def is_peer_closed(self) -> bool:
+        """True once the peer closed (or broke) the connection, or sent bytes not read yet."""
+        return bool(self._first) or self._t.is_peer_closed()
+
+    def is_closing(self) -> bool:
+        """True once closed by us, or the connection is closing or lost."""
+        return self._closed or self._t.is_closing()
+
+    def abort(self) -> None:
+        """Close at once (RST)."""
+        if not self._closed:
+            self._closed = True
+            self._t.abort()
+            if self._on_close is not None:
+                self._on_close()
 
     async def write_eof(self) -> None:
         """FIN (not possible over TLS to the proxy: there the stream stays open)."""

@@ -99,6 +99,10 @@ class EarlyConnectStream(SocketStream):
                 raise
         return await super().read(max_bytes)
 
+    def take_buffered(self) -> bytes:
+        """Nothing before the CONNECT answer was read (those bytes are the proxy's)."""
+        return super().take_buffered() if self._checked else b""
+
 
 class WarmSet:
     """Ready connections to HTTP/1.1 proxies, newest used first, each used at most once."""

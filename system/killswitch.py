@@ -48,6 +48,8 @@ class KillSwitchConfig:
     (the upstream is "everywhere"); empty without ``direct`` allows none.
     ``allow_interfaces`` are internal interfaces (container bridges, ``br-*``
     wildcards allowed) that traffic may use freely: never a physical one.
+    ``resolvers`` are the network's DNS servers, which marked UDP/TCP 53 may reach: the
+    daemon looks its proxy's name up again there after a network change.
     """
 
     tun: str = "atl0"
@@ -58,10 +60,13 @@ class KillSwitchConfig:
     allow_dhcp: bool = False
     allow_interfaces: tuple[str, ...] = ()
     forward: bool = True
+    resolvers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for p in self.allow_lan:
             ipaddress.ip_network(p, strict=False)  # ValueError names the bad prefix
+        for a in self.resolvers:
+            ipaddress.ip_address(a)
         for e in self.upstream:
             ipaddress.ip_address(e.address)
             if not 1 <= e.port <= 65535:
@@ -92,6 +97,14 @@ def _common_rules(cfg: KillSwitchConfig) -> list[str]:
     return rules
 
 
+def _resolver_rules(cfg: KillSwitchConfig, mark: str) -> list[str]:
+    by_family: dict[str, list[str]] = {"ip": [], "ip6": []}
+    for a in dict.fromkeys(str(ipaddress.ip_address(a)) for a in cfg.resolvers):
+        by_family[_family(a)].append(a)
+    return [f"{mark} {fam} daddr {{ {', '.join(addrs)} }} {proto} dport 53 accept"
+            for fam, addrs in by_family.items() if addrs for proto in ("udp", "tcp")]
+
+
 def _output_rules(cfg: KillSwitchConfig) -> list[str]:
     rules = ['oifname "lo" accept', *_common_rules(cfg)]
     mark = f"meta mark {cfg.fwmark:#x}"
@@ -99,6 +112,8 @@ def _output_rules(cfg: KillSwitchConfig) -> list[str]:
         rules.append(f"{mark} accept")
     for e in cfg.upstream:
         rules.append(f"{mark} {_family(e.address)} daddr {ipaddress.ip_address(e.address)} tcp dport {e.port} accept")
+    if not cfg.direct:  # in direct mode marked packets go anywhere already
+        rules += _resolver_rules(cfg, mark)
     rules += _lan_rules(cfg, "daddr")
     if cfg.allow_dhcp:
         rules.append("udp sport 68 udp dport 67 accept")

@@ -167,6 +167,11 @@ class ChangeTracker:
         if jump is not None:
             self._note(f"clock jumped {jump:+.0f} s (suspend/resume)", True, monotonic)
 
+    def resumed(self, now: float, source: str = "logind") -> None:
+        """The machine woke from a suspend, as ``source`` said: a major change, in the same
+        window as the clock jump and the netlink events of that resume."""
+        self._note(f"resumed from suspend ({source})", True, now)
+
     def is_pending(self) -> bool:
         """True while reasons wait for their window to close."""
         return self._first is not None

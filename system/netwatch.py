@@ -12,8 +12,9 @@ the machine slept, even when no netlink event says so.
 If reading fails (the receive buffer overflowed under a storm, the socket died), the
 socket is reopened after a pause, the state re-read from a fresh dump, and a MAJOR
 change reported: what happened meanwhile is unknown. The failure is logged at most
-once a minute. Listening to logind's PrepareForSleep is left out: it would need a
-D-Bus client, and the clock gap catches every suspend anyway.
+once a minute. logind's PrepareForSleep(false), where D-Bus is there to hear it
+(:mod:`.sleepwatch`), comes in through :meth:`NetWatch.resumed`: the same debounced
+change as the clock gap, which stays as the fallback.
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ class NetWatch:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch())
             tg.create_task(self._decide())
+
+    def resumed(self) -> None:
+        """A resume heard from logind (on the loop's thread): reported as a major change,
+        merged with the clock jump and the netlink events of the same resume."""
+        self.tracker.resumed(self.clock())
+        self._wake.set()
 
     def __repr__(self) -> str:
         return f"<NetWatch changes={self.changes} errors={self.errors} {self.tracker!r}>"

@@ -108,6 +108,7 @@ def test_package_holds_the_venv_command_unit_and_conffile(debs):
     assert entries["./usr/bin/atlantic"].endswith("-> /opt/atlantic/venv/bin/atlantic")
     assert entries[f".{CONFFILE}"].startswith("-rw-r--r-- root/root")
     assert entries["./lib/systemd/system/atlantic.service"].startswith("-rw-r--r-- root/root")
+    assert entries["./lib/systemd/system/atlantic-killswitch.service"].startswith("-rw-r--r-- root/root")
     assert entries["./opt/atlantic/venv/bin/atlantic"].startswith("-rwxr-xr-x root/root")
     # The venv runs Debian's python3.X itself, never pyenv's or another venv's.
     assert re.search(r"^l.* \./opt/atlantic/venv/bin/python3\.\d+ -> /usr/bin/python3\.\d+$", listing, re.MULTILINE)
@@ -131,6 +132,8 @@ def test_package_files_name_only_their_installed_paths(debs, tmp_path):
     unit = (tmp_path / "lib/systemd/system/atlantic.service").read_text()
     assert unit == (REPO / "packaging/atlantic.service").read_text()
     assert "\nExecStart=/usr/bin/atlantic up --foreground\n" in unit
+    early = (tmp_path / "lib/systemd/system/atlantic-killswitch.service").read_text()
+    assert early == (REPO / "packaging/atlantic-killswitch.service").read_text()
     conffile = tmp_path / CONFFILE.lstrip("/")
     check = subprocess.run([str(venv / "bin/python"), "-I", "-m", "atlantic", "config", "check", str(conffile)],
                            capture_output=True, text=True, timeout=60, check=False)
@@ -150,6 +153,9 @@ def test_install_gives_a_working_command_group_and_config(root):
     assert has_group(root)
     assert root.run(["stat", "-c", "%a %U:%G", CONFFILE]).stdout.strip() == "644 root:root"
     assert has(root, "-L /etc/systemd/system/multi-user.target.wants/atlantic.service")
+    assert not has(root, "-e /etc/systemd/system/sysinit.target.wants/atlantic-killswitch.service")  # opt-in
+    ks = root.run(["atlantic", "killswitch", "--help"])
+    assert ks.returncode == 0 and "apply" in ks.stdout
     assert package_state(root) == f"install ok installed {__version__}"
 
 
@@ -162,6 +168,19 @@ def test_upgrade_keeps_an_edited_conffile(root):
     assert LOCAL_EDIT in root.run(["cat", CONFFILE]).stdout
     assert root.run(["atlantic", "version"]).returncode == 0
     assert has_group(root)
+
+
+def test_the_early_boot_kill_switch_stays_as_the_admin_chose_across_upgrades(root):
+    """Disabled after install and after an upgrade; once enabled, still enabled after an upgrade."""
+    link = "-L /etc/systemd/system/sysinit.target.wants/atlantic-killswitch.service"
+    install(root)
+    install(root, UPGRADE_VERSION)
+    assert not has(root, link)
+    enabled = root.run(["systemctl", "enable", "atlantic-killswitch.service"])  # as the admin does, offline
+    assert enabled.returncode == 0, enabled.stderr
+    assert has(root, link)
+    install(root)  # a downgrade is an upgrade too, for the maintainer scripts
+    assert has(root, link)
 
 
 def test_remove_keeps_the_config_and_purge_removes_everything(root):

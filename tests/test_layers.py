@@ -22,11 +22,12 @@ LAYERS = ["client", "lab", "system", "health", "forwarder", "dns", "pool", "inte
 PURE = [
     "interceptor/checksum.py", "interceptor/packet.py", "interceptor/nat.py",
     "interceptor/nat6.py", "interceptor/policy.py",
-    "dns/message.py", "dns/fakeip.py",
+    "dns/message.py", "dns/fakeip.py", "dns/stubquery.py",
     "pool/plan.py", "pool/connect.py", "pool/upstream.py", "pool/errors.py",
     "pool/keepalive.py", "pool/counters.py", "pool/proxyurl.py",
     "health/leaks.py", "health/state.py", "health/signals.py", "health/leakwatch.py",
     "system/netchange.py", "system/uncovered.py",
+    "forwarder/intercept.py", "forwarder/h2serve_core.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "os", "subprocess", "time", "select", "threading"}
 
@@ -36,7 +37,11 @@ def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
     folder = path.parent.name
     names: set[str] = set()
+    typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking_block(block)
+                   for stmt in block.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue  # `if TYPE_CHECKING:` imports exist for annotations, never at run time
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -47,6 +52,10 @@ def _imports(path: Path) -> set[str]:
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
 
 def _folder_of(module: str) -> str | None:
