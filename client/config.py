@@ -92,11 +92,15 @@ class CaptureConfig:
     (with ``direct``, every query goes there over a marked connection). ``ports``: the ports
     the upstream carries (empty: all); flows to other ports follow ``other_ports``
     (``tunnel``: try anyway, ``reject``: reset at once with the reason in status).
+    ``lockdown``: the kill switch outlives the daemon: a stop, a restart or ``atlantic down``
+    leaves the machine closed until ``atlantic killswitch remove`` (no window while systemd
+    restarts the service).
     """
 
     ipv6: str = "capture"
     udp: str = "drop"
     kill_switch: bool = True
+    lockdown: bool = False
     lan: tuple[str, ...] = ()
     allow_dhcp: bool = False
     allow_interfaces: tuple[str, ...] = ()
@@ -333,6 +337,7 @@ def _read_capture(table: dict[str, Any], problems: list[ConfigProblem]) -> Captu
         ipv6=_choice(r, "ipv6", ("capture", "block"), "capture"),
         udp=_choice(r, "udp", ("drop", "reject"), "drop"),
         kill_switch=r.get("kill_switch", bool, True, "true or false"),
+        lockdown=r.get("lockdown", bool, False, "true or false"),
         lan=_str_list(r, "lan", "network prefixes such as 192.168.1.0/24", cidr),
         allow_dhcp=r.get("allow_dhcp", bool, False, "true or false"),
         allow_interfaces=_str_list(r, "allow_interfaces", "interface names (e.g. docker0, br-*)", ifname),
@@ -340,6 +345,10 @@ def _read_capture(table: dict[str, Any], problems: list[ConfigProblem]) -> Captu
         other_ports=_choice(r, "other_ports", ("tunnel", "reject"), "tunnel"),
         dns_resolver=_resolver(r),
     )
+    if cfg.lockdown and not cfg.kill_switch:
+        problems.append(ConfigProblem("capture.lockdown", "lockdown keeps the kill switch after a stop: it needs "
+                                                          "capture.kill_switch = true"))
+        cfg = replace(cfg, lockdown=False)
     r.unknown_keys()
     return cfg
 

@@ -283,7 +283,9 @@ class Daemon:
             self._save_fakeip()
             log.info("stopped for a restart: routing and the kill switch stay in place until the next start")
             return
-        if self.cfg.capture.kill_switch:
+        if self.cfg.capture.lockdown:  # the table stays: with the TUN gone nothing else gets out
+            log.info("lockdown: the kill switch stays after this stop; `atlantic killswitch remove` opens the machine")
+        elif self.cfg.capture.kill_switch:
             try:
                 await asyncio.to_thread(killswitch.remove)
             except killswitch.KillSwitchError as exc:
@@ -449,6 +451,7 @@ class Daemon:
             "offload": self.cfg.tun.offload,
             "ipv6": self.ipv6,
             "kill_switch": self.killswitch_on,
+            "lockdown": self.cfg.capture.lockdown,
             "udp_policy": self.cfg.capture.udp,
             "uptime_s": round(time.monotonic() - self.started, 3),
         }

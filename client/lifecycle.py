@@ -155,19 +155,45 @@ def stop(cfg: Config) -> str:
     """Stop the daemon if it runs and restore everything its state file records."""
     paths = _paths(cfg)
     state = read_state(paths)
+    lockdown = cfg.capture.lockdown
     if state is None:
-        return "Atlantic is not up; nothing to restore."
+        return LOCKDOWN_NOTE if lockdown else _lift_early_killswitch()
     pid = int(state.get("pid", 0))
     killed = False
     if pid and is_daemon_alive(pid):
         killed = _terminate(pid, lambda: not is_daemon_alive(pid), signal_first=not _ask_to_stop(paths, pid))
-    failures = cleanup_leftovers(cfg)
+    failures = cleanup_leftovers(cfg, keep_killswitch=lockdown)
     if failures:
         raise LifecycleError("could not restore everything: " + "; ".join(failures))
+    done = "Atlantic is down; routing is as it was before" + (f" ({LOCKDOWN_NOTE})" if lockdown else "")
     if killed:
-        return (f"Atlantic is down; routing is as it was before (the daemon did not exit within "
-                f"{STOP_TIMEOUT_S:.0f} s and was killed: its fake-IP names were not saved; see {paths.log_file}).")
-    return "Atlantic is down; routing is as it was before."
+        return (f"{done} (the daemon did not exit within {STOP_TIMEOUT_S:.0f} s and was killed: its fake-IP "
+                f"names were not saved; see {paths.log_file}).")
+    return done + "."
+
+
+LOCKDOWN_NOTE = ("lockdown: the kill switch stays on, nothing leaves this machine until `sudo atlantic "
+                 "killswitch remove` or the next `atlantic up`")
+
+
+def _lift_early_killswitch() -> str:
+    """`down` with no daemon: a kill switch still in place came from `atlantic killswitch
+    apply` (the early-boot unit) or a daemon whose state is gone; `down` restores the
+    machine, so it goes too."""
+    from atlantic.system import killswitch
+
+    try:
+        active = killswitch.is_active()
+    except (killswitch.KillSwitchError, OSError):
+        active = False  # no nft to ask (a minimal root): nothing of ours can be in place either
+    if not active:
+        return "Atlantic is not up; nothing to restore."
+    try:
+        killswitch.remove()
+    except killswitch.KillSwitchError as exc:
+        raise LifecycleError(f"Atlantic is not up, but its kill switch could not be lifted: {exc}") from None
+    return ("Atlantic was not up; its kill switch (from `atlantic killswitch apply` or the early-boot unit) "
+            "is lifted: the machine is open again.")
 
 
 def _ask_to_stop(paths: StatePaths, pid: int) -> bool:

@@ -195,3 +195,14 @@ def test_username_template_is_checked():
         '[upstream]\nurl = "http://alice:pw@10.0.0.1:3128"\nusername_template = "customer-{user}-zip-{zip}"\n')
     assert keys(problems) == ["upstream.username_template"]
     assert "{country}" in problems[0].message
+
+
+def test_lockdown_is_off_by_default_and_needs_the_kill_switch():
+    """capture.lockdown defaults to false; true without the kill switch is one problem naming both keys."""
+    cfg, problems = parse_config("")
+    assert cfg.capture.lockdown is False and not problems
+    cfg, problems = parse_config("[capture]\nlockdown = true\n")
+    assert cfg.capture.lockdown is True and not problems
+    cfg, problems = parse_config("[capture]\nlockdown = true\nkill_switch = false\n")
+    assert cfg.capture.lockdown is False
+    assert [p.key for p in problems] == ["capture.lockdown"] and "kill_switch" in problems[0].message

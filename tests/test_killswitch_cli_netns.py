@@ -69,3 +69,29 @@ def test_apply_refuses_everything_but_the_proxy_and_remove_restores(tmp_path):
         finally:
             for s in servers:
                 s.close()
+
+
+def test_down_with_no_daemon_lifts_an_early_boot_kill_switch(tmp_path):
+    """`atlantic down` restores the machine: with no daemon up, a kill switch left by
+    `killswitch apply` is removed and the connect works again; with none, nothing happens."""
+    config = tmp_path / "atlantic.toml"
+    config.write_text(f'[upstream]\nurl = "http://user@{PEER4}:{PROXY_PORT}"\n\n'
+                      f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n')
+    down = ["ip", "netns", "exec", None, sys.executable, "-m", "atlantic", "down", "--config", str(config)]
+    with veth_pair() as pair:
+        down[3] = pair.client
+        with inside(pair.peer):
+            server = listen((PEER4, OTHER_PORT))
+        try:
+            assert atlantic(pair.client, "apply", config=config).returncode == 0
+            with inside(pair.client):
+                tcp_refused((PEER4, OTHER_PORT))
+            r = subprocess.run(down, capture_output=True, text=True, timeout=60, check=False)
+            assert r.returncode == 0 and "kill switch" in r.stdout and "open again" in r.stdout, r.stdout + r.stderr
+            with inside(pair.client):
+                assert not killswitch.is_active()
+                tcp_connect((PEER4, OTHER_PORT)).close()
+            r = subprocess.run(down, capture_output=True, text=True, timeout=60, check=False)
+            assert r.returncode == 0 and r.stdout.strip() == "Atlantic is not up; nothing to restore.", r.stdout
+        finally:
+            server.close()
