@@ -92,9 +92,28 @@ def families(report: dict) -> list:
     ]
     dns = report.get("dns") or {}
     out.append(_counter("atlantic_dns_queries", "DNS queries answered or forwarded", dns.get("queries")))
+    out += _tls_families(report.get("tls"), pool)
     out += _health_families(report.get("health"))
     out += _leak_families(report.get("leaks"))
     return [f for f in out if f is not None]
+
+
+def _tls_families(tls: dict | None, pool: dict) -> list:
+    """TLS termination (only when some domains are listed): terminated connections, failures,
+    names passing through, and the pool's verified origin connections."""
+    if not tls:
+        return []
+    return [
+        _counter("atlantic_tls_terminated", "Application TLS connections terminated with the local CA",
+                 tls.get("terminated")),
+        _counter("atlantic_tls_handshake_failures", "Application TLS handshakes that failed",
+                 tls.get("handshake_failures")),
+        _gauge("atlantic_tls_pass_through_names", "Names passing through untouched (the application refused the CA)",
+               len(tls.get("pass_through") or ())),
+        _counter("atlantic_origin_tls_opened", "Verified TLS connections opened to origins", pool.get("origin_tls_opened")),
+        _counter("atlantic_origin_tls_reused", "Requests on an already open origin TLS connection",
+                 pool.get("origin_tls_reused")),
+    ]
 
 
 _USERINFO = re.compile(r"(?<=://)[^/@]*@")

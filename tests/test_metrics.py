@@ -96,3 +96,16 @@ def test_metrics_served_over_http_on_loopback():
     finally:
         server.close()
     assert _samples(body)[("atlantic_flows_total", ())] == 40
+
+
+def test_tls_termination_metrics_appear_only_when_domains_are_listed():
+    """With a `tls` block: terminated, failures, pass-through names and origin connections;
+    without one (nothing listed), no atlantic_tls_* family at all."""
+    report = {**REPORT, "tls": {"terminated": 7, "handshake_failures": 1, "pass_through": [{"name": "a.example"}]},
+              "pool": {**REPORT.get("pool", {}), "origin_tls_opened": 1, "origin_tls_reused": 6}}
+    s = _samples(_text(report))
+    assert s[("atlantic_tls_terminated_total", ())] == 7
+    assert s[("atlantic_tls_handshake_failures_total", ())] == 1
+    assert s[("atlantic_tls_pass_through_names", ())] == 1
+    assert s[("atlantic_origin_tls_opened_total", ())] == 1 and s[("atlantic_origin_tls_reused_total", ())] == 6
+    assert not any(name.startswith("atlantic_tls_") for name, _ in _samples(_text(REPORT)))
