@@ -93,6 +93,7 @@ install -D -m 0644 packaging/atlantic.service "$root/lib/systemd/system/atlantic
 install -D -m 0644 packaging/atlantic-killswitch.service "$root/lib/systemd/system/atlantic-killswitch.service"
 install -D -m 0644 packaging/deb/atlantic.toml "$root/etc/atlantic/atlantic.toml"
 install -D -m 0644 packaging/deb/copyright "$root/usr/share/doc/atlantic/copyright"
+install -D -m 0644 README.md "$root/usr/share/doc/atlantic/README.md"  # the units' Documentation=
 install -D -m 0644 packaging/deb/lintian-overrides "$root/usr/share/lintian/overrides/atlantic"
 # A native package (no Debian revision): its changelog is changelog.gz.
 printf 'atlantic (%s) unstable; urgency=medium\n\n  * Built by packaging/build-deb.sh.\n\n -- %s  %s\n' \

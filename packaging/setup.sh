@@ -10,10 +10,12 @@ cd "$(dirname "$0")/.."
 # unit (tests/test_unit_file.py). dpkg-deb (in dpkg) builds the package. ca-certificates:
 # update-ca-certificates, which `atlantic ca install` runs (tests/test_ca_cli.py). dbus:
 # dbus-daemon, the private bus the suspend watcher is tested on (tests/test_sleepwatch_dbus.py).
+# chromium and libnss3-tools (certutil): a browser trusting Atlantic's CA in its NSS store speaks
+# HTTP/2 through TLS termination (tests/test_tls_lab.py).
 packages=(
     squid nginx-light nghttp2-proxy nftables ffmpeg curl iproute2 openssl
     apache2-utils tcpdump dnsutils procps python3-venv yt-dlp adduser
-    init-system-helpers systemd util-linux ca-certificates dbus
+    init-system-helpers systemd util-linux ca-certificates dbus chromium libnss3-tools
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -109,6 +109,7 @@ def test_package_holds_the_venv_command_unit_and_conffile(debs):
     assert entries[f".{CONFFILE}"].startswith("-rw-r--r-- root/root")
     assert entries["./lib/systemd/system/atlantic.service"].startswith("-rw-r--r-- root/root")
     assert entries["./lib/systemd/system/atlantic-killswitch.service"].startswith("-rw-r--r-- root/root")
+    assert entries["./usr/share/doc/atlantic/README.md"].startswith("-rw-r--r-- root/root")  # units' Documentation=
     assert entries["./opt/atlantic/venv/bin/atlantic"].startswith("-rwxr-xr-x root/root")
     # The venv runs Debian's python3.X itself, never pyenv's or another venv's.
     assert re.search(r"^l.* \./opt/atlantic/venv/bin/python3\.\d+ -> /usr/bin/python3\.\d+$", listing, re.MULTILINE)

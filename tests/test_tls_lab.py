@@ -7,13 +7,14 @@ the reason, never as a certificate that hides it."""
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.atlantic_lab import atlantic, ns_run, status
-from tests.conftest import LAB_HEALTH
+from atlantic_lab import atlantic, ns_run, status
+from conftest import LAB_HEALTH
 
 pytestmark = pytest.mark.lab
 
@@ -128,3 +129,21 @@ def test_the_ca_cannot_vouch_for_an_unlisted_name(lab, intercepting, tmp_path):
                        timeout=30)
     assert r.returncode != 0
     assert "permitted subtree violation" in r.stdout + r.stderr
+
+
+def test_headless_chromium_trusting_the_ca_in_nss_speaks_http2_through_atlantic(lab, intercepting, tmp_path):
+    """Chromium (headless, its own NSS store holding Atlantic's CA as a user would add it with
+    certutil) loads a listed https page over HTTP/2 terminated by Atlantic."""
+    cacert = intercepting(lab.proxy_url)
+    home = tmp_path / "home"
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True)
+    for argv in (["certutil", "-d", f"sql:{nssdb}", "-N", "--empty-password"],
+                 ["certutil", "-d", f"sql:{nssdb}", "-A", "-t", "C,,", "-n", "atlantic", "-i", cacert]):
+        subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    r = ns_run(lab.client_ns, ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+                               f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                               f"https://{LISTED}/small"], timeout=90, env={**os.environ, "HOME": str(home)})
+    assert b"atlantic-lab small response" in r.stdout, (r.stdout[-300:], r.stderr[-500:])
+    tls = status(lab)["tls"]
+    assert tls["h2"] >= 1, tls
