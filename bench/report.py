@@ -2,7 +2,9 @@
 
 ``results[rtt][workload][peer]`` is the list of one dict per repeat (see suite.py);
 ``results[rtt][workload] == {"skipped": why}`` when a workload could not run. Every
-cell shows the median over the repeats and, in brackets, the best repeat.
+cell shows the median over the repeats and, in brackets, the best repeat. Each run's dict
+also says how long the suite waited for Squid to go idle before it (``idle_wait_s``,
+``proxy_idle``) and where in that repeat's random order the peer ran (``position``).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-PEER_ORDER = ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", "atlantic h1, no monitor")
-ATLANTIC = ("atlantic h1", "atlantic h2")
+PEER_ORDER = ("direct", "squid -x", "ideal", "sing-box", "sing-box mtu 65520", "atlantic h1", "atlantic h2",
+              "atlantic h1, no monitor", "atlantic h1, intercept", "atlantic h2, intercept")
+# Atlantic's rows in the ratio tables; every other peer (the monitor-off one too) is a column.
+ATLANTIC = ("atlantic h1", "atlantic h2", "atlantic h1, intercept", "atlantic h2, intercept")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ METRICS = [
     Metric("chunks-https", "ms", "HTTPS 2 MB chunk, new connection each (ms)", chart=True),
     Metric("ytdlp-debian", "s", "yt-dlp HLS stream, Debian's: new connection per segment (s)", digits=1,
            chart=True),
+    Metric("ytdlp-debian-https", "s", "yt-dlp HLS stream over HTTPS, Debian's (s)", digits=1, chart=True),
     Metric("ytdlp-pypi", "s", "yt-dlp HLS stream, PyPI's: keeps its connections (s)", digits=1, chart=True),
     Metric("small", "p50", "small request p50 (ms)", digits=2, chart=True),
     Metric("small", "p95", "small request p95 (ms)", digits=2),
@@ -52,6 +57,10 @@ METRICS = [
            chart=True),
     Metric("memory", "rss_end_mb", "daemon RSS after they ended (MB)", digits=1, ratio=False),
     Metric("memory", "MB/s", "100 streams at once, aggregate (MB/s)", True),
+    Metric("burst", "ok", "burst: flows served, body checked", True, ratio=False),
+    Metric("burst", "failed", "burst: flows failed", ratio=False),
+    Metric("burst", "p50_s", "burst: median flow (s)", digits=2),
+    Metric("burst", "slowest_s", "burst: slowest flow (s)", digits=2, chart=True),
 ]
 
 
@@ -105,11 +114,33 @@ def speedup(m: Metric, atlantic: float, other: float) -> float:
     return atlantic / other if m.higher_is_better else other / atlantic
 
 
+def _ratio(m: Metric, mine: float, other: float) -> str:
+    return f"{speedup(m, mine, other):.2f}x" if mine and other else "-"
+
+
+def idle_waits(results: dict, rtt: str) -> str | None:
+    """One line on the waits for Squid to go idle before each run at this RTT (None if none recorded)."""
+    runs = [r for by_peer in results.get(rtt, {}).values() if isinstance(by_peer, dict)
+            for reps in by_peer.values() if isinstance(reps, list) for r in reps if "idle_wait_s" in r]
+    if not runs:
+        return None
+    waits = [r["idle_wait_s"] for r in runs]
+    busy = sum(1 for r in runs if r.get("proxy_idle") is False)
+    return (f"Before each of the {len(runs)} runs the suite waited for Squid's origin connections to close: "
+            f"median {statistics.median(waits):.1f} s, longest {max(waits):.1f} s"
+            + (f"; it timed out before {busy} of them, Squid still holding some." if busy else "."))
+
+
 def markdown(results: dict, meta: dict) -> str:
     peers = peers_in(results)
+    how = ""
+    if meta.get("seed") is not None:
+        how += f" Peers ran in a random order in each repeat of each workload (seed {meta['seed']})."
+    if meta.get("burst") and any("burst" in by_w for by_w in results.values()):
+        how += f" Burst: {meta['burst']:,} flows at once, half HTTPS."
     lines = [(f"Machine: {meta['cpu']}, {meta['cpus']} cores, {meta['mem_gib']} GiB, Linux {meta['kernel']}, "
               f"Python {meta['python']}, {meta['sing-box']}. Date: {meta['date']}. "
-              f"{meta['repeat']} repeats; cells are median (best).")]
+              f"{meta['repeat']} repeats; cells are median (best).{how}")]
     for rtt, by_workload in results.items():
         lines += ["", f"### RTT {rtt} ms", "", "| metric | " + " | ".join(peers) + " |",
                   "|---|" + "---|" * len(peers)]
@@ -121,6 +152,8 @@ def markdown(results: dict, meta: dict) -> str:
         skipped = [f"{w}: {runs['skipped']}" for w, runs in by_workload.items() if "skipped" in runs]
         if skipped:
             lines += ["", "Skipped: " + "; ".join(skipped)]
+        if waited := idle_waits(results, rtt):
+            lines += ["", waited]
         lines += ["", f"Atlantic against each peer at RTT {rtt} ms (medians; > 1 means Atlantic is better):", "",
                   "| metric | Atlantic | " + " | ".join(f"vs {p}" for p in peers if p not in ATLANTIC) + " |",
                   "|---|---|" + "---|" * len([p for p in peers if p not in ATLANTIC])]
@@ -132,7 +165,7 @@ def markdown(results: dict, meta: dict) -> str:
                 cells = []
                 for p in (p for p in peers if p not in ATLANTIC):
                     other = median_best(results, rtt, m, p)
-                    cells.append(f"{speedup(m, mine[0], other[0]):.2f}x" if other else "-")
+                    cells.append(_ratio(m, mine[0], other[0]) if other else "-")
                 lines.append(f"| {m.label} | {a.removeprefix('atlantic ')} | " + " | ".join(cells) + " |")
         lines += ["", *goals(results, rtt)]
     return "\n".join(lines)
@@ -156,7 +189,7 @@ def goals(results: dict, rtt: str) -> list[str]:
             ahead = f"; sing-box {sb:.0f} ms, Atlantic {'ahead' if mine < sb else 'behind'}" if sb else ""
             out.append(f"- {workload} {a}: {share:.0%} of the ideal client's gain (goal >= 95%): "
                        f"{new:.0f} -> {mine:.0f} ms, ideal {ideal:.0f}{ahead}")
-    for workload in ("ytdlp-debian", "ytdlp-pypi"):
+    for workload in ("ytdlp-debian", "ytdlp-debian-https", "ytdlp-pypi"):
         proxy, ideal, sb = (_med(results, rtt, workload, "s", p) for p in ("squid -x", "ideal", "sing-box"))
         for a in ATLANTIC:
             mine = _med(results, rtt, workload, "s", a)
@@ -176,6 +209,13 @@ def goals(results: dict, rtt: str) -> list[str]:
             mine = _med(results, rtt, workload, "MB/s", a)
             if mine and sb:
                 out.append(f"- {workload} {a}: {mine:.0f} MB/s, {mine / sb:.2f}x sing-box ({sb:.0f} MB/s)")
+    sb = _med(results, rtt, "burst", "slowest_s", "sing-box")
+    for a in ATLANTIC:
+        ok, failed, slowest = (_med(results, rtt, "burst", k, a) for k in ("ok", "failed", "slowest_s"))
+        if ok is not None:
+            than = f"; sing-box's slowest {sb:.2f} s" if sb is not None else ""
+            out.append(f"- burst {a}: {ok:,.0f} flows served, {failed:,.0f} failed (goal 0), slowest "
+                       + (f"{slowest:.2f} s" if slowest is not None else "-") + than)
     for a in ATLANTIC:
         for workload, load in (("bulk4", "4 bulk downloads"), ("memory", "100 streams")):
             p99 = _med(results, rtt, workload, "status_ms.p99", a)
@@ -252,10 +292,12 @@ def main(argv: list[str] | None = None) -> None:
     results = merge(runs)
     reps = {len(reps) for by_w in results.values() for by_p in by_w.values() if isinstance(by_p, dict)
             for p, reps in by_p.items() if p != "skipped"}
+    seeds = [r["meta"].get("seed") for r in runs if r["meta"].get("seed") is not None]
     meta = {**runs[-1]["meta"], "repeat": f"{min(reps)}-{max(reps)}" if len(reps) > 1 else max(reps),
-            "merged_from": [p.name for p in args.inputs]}
-    args.out.with_suffix(".json").write_text(json.dumps({"benchmark": "suite", "meta": meta, "results": results},
-                                                        indent=1))
+            "merged_from": [p.name for p in args.inputs], "seed": ", ".join(map(str, seeds)) if seeds else None}
+    order = [cell for r in runs for cell in r.get("order", [])]
+    args.out.with_suffix(".json").write_text(json.dumps({"benchmark": "suite", "meta": meta, "order": order,
+                                                         "results": results}, indent=1))
     text = markdown(results, meta)
     args.out.with_suffix(".md").write_text(text + "\n")
     chart(results, meta, args.out.with_suffix(".png"))

