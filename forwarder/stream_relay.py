@@ -20,7 +20,8 @@ from atlantic.pool.api import ByteStream
 
 __all__ = ["StreamRelayResult", "relay_stream"]
 
-CHUNK = 65536
+CHUNK = 65536  # one read from the application (a fresh buffer of this size each time)
+DOWN_CHUNK = 262144  # one read from the stream: what is there, up to this (no buffer made ahead)
 HALF_CLOSE_TIMEOUT_S = 2.0
 
 
@@ -79,7 +80,7 @@ async def relay_stream(
 
     async def down() -> None:
         while True:
-            data = await stream.read(CHUNK)
+            data = await stream.read(DOWN_CHUNK)
             if not data:
                 await write_eof()
                 return

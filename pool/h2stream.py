@@ -92,29 +92,35 @@ class H2Stream:
         return self.status, self.headers  # type: ignore[return-value]
 
     async def read(self, max_bytes: int = 262144) -> bytes:
-        """Received data, acknowledged to the peer as it is consumed; ``b""`` at END_STREAM."""
-        while not self._chunks:
+        """Received data, up to ``max_bytes`` (as many DATA frames as fit, so one read and
+        one acknowledgement per buffer, not per 16 KB frame), acknowledged to the peer as
+        it is consumed; ``b""`` at END_STREAM."""
+        chunks = self._chunks
+        while not chunks:
             if self.error is not None:
                 raise self.error
             if self.ended:
                 return b""
             self._wake.clear()
             await self._wake.wait()
-        data, flow = self._chunks[0]
-        if self._offset == 0 and len(data) <= max_bytes:
-            self._chunks.popleft()
-            piece = data
-        else:
-            piece = data[self._offset:self._offset + max_bytes]
-            self._offset += len(piece)
-            if self._offset < len(data):
-                flow = 0  # acknowledge the whole frame when its last byte is consumed
-            else:
-                self._chunks.popleft()
+        pieces = []
+        size = ack = 0
+        while chunks and size < max_bytes:
+            data, flow = chunks[0]
+            offset, room = self._offset, max_bytes - size
+            if len(data) - offset <= room:
+                chunks.popleft()
                 self._offset = 0
-        if flow:
-            self.conn.acknowledge(self.id, flow)
-        return piece
+                piece = data[offset:] if offset else data
+                ack += flow  # a frame is acknowledged when its last byte is consumed
+            else:
+                piece = data[offset:offset + room]
+                self._offset = offset + room
+            pieces.append(piece)
+            size += len(piece)
+        if ack:
+            self.conn.acknowledge(self.id, ack)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def write(self, data: bytes) -> None:
         """Send DATA within the peer's flow-control windows (waits for WINDOW_UPDATE)."""
@@ -225,6 +231,10 @@ class H2Stream:
 
     def on_data(self, data: bytes, flow: int) -> None:
         """DATA arrived; its ``flow`` (flow-controlled length) is acknowledged once read."""
+        if not data:  # nothing to read (padding only): a read must never see it as the end
+            if flow:
+                self.conn.acknowledge(self.id, flow)
+            return
         self._chunks.append((data, flow))
         self._wake.set()
 

@@ -461,3 +461,84 @@ def test_aclose_sends_goaway_and_leaves_no_task_behind():
             assert events.count(H2Event.CLOSED) == 1
             assert asyncio.all_tasks() == {asyncio.current_task()}
     run(main())
+
+
+class RecordingConn:
+    """A StreamConn that records what the stream asks for (acknowledgements above all)."""
+
+    def __init__(self) -> None:
+        self.acks: list[int] = []
+
+    def acknowledge(self, sid: int, size: int) -> None:
+        self.acks.append(size)
+
+    def forget(self, sid: int) -> None:
+        pass
+
+
+def test_read_joins_frames_up_to_max_bytes_and_acknowledges_each_frame_once_consumed():
+    """One read takes as many DATA frames as fit in ``max_bytes`` (splitting the last),
+    and a frame's flow-controlled length (padding included) is acknowledged, in one call
+    per read, only once its last byte was read."""
+    from atlantic.pool.h2stream import H2Stream
+
+    async def main():
+        conn = RecordingConn()
+        stream = H2Stream(conn, 1, lambda: None)
+        stream.on_data(b"a" * 10, 10)
+        stream.on_data(b"b" * 10, 12)  # padded: 12 flow-controlled bytes
+        stream.on_data(b"c" * 10, 10)
+        assert await stream.read(25) == b"a" * 10 + b"b" * 10 + b"c" * 5
+        assert conn.acks == [22]
+        assert await stream.read(25) == b"c" * 5
+        assert conn.acks == [22, 10]
+        stream.on_end()
+        assert await stream.read(25) == b""
+    run(main())
+
+
+def test_an_empty_data_frame_is_acknowledged_at_once_and_never_read_as_the_end():
+    """A DATA frame with no data (padding only) gives its credit back at once and the
+    next read still waits for real data (b"" means END_STREAM only)."""
+    from atlantic.pool.h2stream import H2Stream
+
+    async def main():
+        conn = RecordingConn()
+        stream = H2Stream(conn, 1, lambda: None)
+        stream.on_data(b"", 5)
+        assert conn.acks == [5]
+        reader = asyncio.create_task(stream.read())
+        await asyncio.sleep(0)
+        assert not reader.done()
+        stream.on_data(b"x", 1)
+        assert await reader == b"x"
+    run(main())
+
+
+def test_unread_data_is_not_acknowledged_so_a_slow_reader_holds_the_peer_back():
+    """Backpressure: the peer's send window shrinks by what we hold unread and comes back
+    only as the reader consumes it (h2 sends WINDOW_UPDATE once half our window is read)."""
+    body = b"\x5a" * (9 << 20)  # past half our window: h2 would send WINDOW_UPDATE if acked
+
+    async def main():
+        async with session() as (conn, peer, _):
+            stream = conn.open_stream(GET, end_stream=True, on_close=lambda: None)
+            peer.respond(stream.id, 200, body=body, end=False)
+            await stream.response()
+            await until(lambda: len(stream._chunks) * 16384 >= len(body) - 16384, "all DATA in")
+            assert peer.h2.local_flow_control_window(stream.id) == WINDOW - len(body)
+            got = 0
+            while got < len(body):
+                got += len(await stream.read(1 << 20))
+            await until(lambda: peer.h2.local_flow_control_window(stream.id) >= WINDOW - (1 << 20),
+                        "the window given back")
+    run(main())
+
+
+def test_a_data_frame_repr_does_not_encode_its_payload():
+    """h2 formats every received frame for its trace log: a DATA frame's repr stays short."""
+    import atlantic.pool.h2conn  # noqa: F401 - installs the cheap repr
+    from hyperframe.frame import DataFrame
+
+    text = repr(DataFrame(3, b"\xa5" * 16384))
+    assert len(text) < 80 and "16384" in text and "a5a5" not in text
