@@ -169,6 +169,8 @@ def status(
     config: ConfigOpt = None,
 ) -> None:
     """Show whether Atlantic is up, where traffic goes, and its counters."""
+    # client/main.py answers `status` without typer; a change here must go there too
+    # (tests/test_cli_fast.py holds the two byte for byte alike).
     cfg = _load(config, secrets=False)
     from atlantic.client import lifecycle
 

@@ -304,9 +304,11 @@ def _str_list(r: _Reader, key: str, expect: str, check) -> tuple[str, ...]:
 
 
 def _resolver(r: _Reader) -> str:
+    value = r.get("dns_resolver", str, DEFAULT_DNS_RESOLVER, "a resolver as address:port, e.g. 9.9.9.9:53")
+    if value == DEFAULT_DNS_RESOLVER:  # valid; checking it would import the DNS stack (asyncio, ssl: ~40 ms)
+        return value
     from atlantic.dns.intercept import parse_resolver
 
-    value = r.get("dns_resolver", str, DEFAULT_DNS_RESOLVER, "a resolver as address:port, e.g. 9.9.9.9:53")
     try:
         parse_resolver(value)
     except ValueError as exc:

@@ -20,19 +20,21 @@ milliseconds without starting an event loop.
 from __future__ import annotations
 
 import contextlib
-import grp
 import json
 import os
-import queue
 import re
-import selectors
-import socket
-import struct
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
+
+# `atlantic status` imports this module for ``request``: what only the server needs
+# (grp, queue, selectors, socket, struct, threading; dataclasses alone is ~10 ms) is
+# imported where the server uses it.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import queue
+    import selectors
+    import socket
 
 MAX_REQUEST = 4096
 READ_TIMEOUT_S = 1.0  # for the whole request line: a real client sends it at once
@@ -65,6 +67,8 @@ def socket_access() -> tuple[int, int | None]:
     """The control socket's mode and group (None: leave it root's): who may connect at all."""
     if SOCKET_GROUP is None:
         return 0o666, None
+    import grp
+
     try:
         return 0o660, grp.getgrnam(SOCKET_GROUP).gr_gid
     except KeyError:  # no such group here: everyone may ask status (answers are redacted)
@@ -105,6 +109,9 @@ def _redact(value, key: str):
 
 
 def _peer_uid(sock: socket.socket) -> int:
+    import socket
+    import struct
+
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return uid
@@ -118,15 +125,17 @@ def _request_line(data: bytes) -> bytes:
     return line
 
 
-@dataclass(slots=True)
 class _Conn:
     """One accepted connection: its peer, what it sent so far, and when reading gives up."""
 
-    sock: socket.socket
-    uid: int
-    deadline: float
-    data: bytes = b""
-    error: str | None = None  # set instead of a request when reading failed
+    __slots__ = ("data", "deadline", "error", "sock", "uid")
+
+    def __init__(self, sock: socket.socket, uid: int, deadline: float) -> None:
+        self.sock = sock
+        self.uid = uid
+        self.deadline = deadline
+        self.data = b""
+        self.error: str | None = None  # set instead of a request when reading failed
 
 
 class ControlServer:
@@ -142,6 +151,9 @@ class ControlServer:
     def __init__(self, path: Path, handlers: dict[str, Handler], privileged: Iterable[str] = (), *,
                  public: Iterable[str] | None = None,
                  redact: Callable[[dict], dict] | None = redact_for_others):
+        import queue
+        import threading
+
         self.path = path
         self.handlers = handlers
         self.public = frozenset(public) if public is not None else frozenset(handlers) - frozenset(privileged)
@@ -170,6 +182,9 @@ class ControlServer:
 
     def start(self) -> None:
         """Listen on ``path`` (see ``socket_access``) and start answering."""
+        import socket
+        import threading
+
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -204,6 +219,8 @@ class ControlServer:
 
         Blocking: from the event loop, call it with ``asyncio.to_thread``.
         """
+        import threading
+
         if self._listener is None:
             return
         with self._lock:
@@ -222,6 +239,8 @@ class ControlServer:
     # ---- the reader: accepts and reads every connection, never blocks ----
 
     def _read_forever(self) -> None:
+        import selectors
+
         sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ, None)
         sel.register(self._wake_r, selectors.EVENT_READ, None)
@@ -251,6 +270,8 @@ class ControlServer:
             self._other_jobs.put(None)
 
     def _accept_all(self, sel: selectors.BaseSelector, reading: dict) -> None:
+        import selectors
+
         while True:
             try:
                 sock, _ = self._listener.accept()
@@ -364,7 +385,11 @@ def request(path: Path, cmd: str, timeout: float = 2.0, **args) -> dict:
     Raises ControlTimeout when the socket took the request but no reply came within
     ``timeout``, ControlError when the daemon cannot be reached or answers nonsense.
     """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+    # The C module, not `socket`: building socket.py's enum classes is ~4 ms of every
+    # `atlantic status`, and this needs none of them.
+    import _socket
+
+    with contextlib.closing(_socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)) as s:
         s.settimeout(timeout)
         try:
             s.connect(str(path))

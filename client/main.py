@@ -1,42 +1,186 @@
 """Entry point of the ``atlantic`` command.
 
-``atlantic status [--json]`` is answered here without importing typer or rich (about
-150 ms of imports): scripts and monitors call it often and it must answer in
-milliseconds. Everything else goes to the typer application in ``cli``.
+``atlantic status [--json] [--config FILE]`` and ``atlantic version`` are answered here
+without typer, rich or the config module: scripts and monitors call ``status`` often, and
+those imports cost several times Python's own ~30 ms start. Everything else goes to the
+typer application in ``cli``.
+
+A config file ``status`` can vouch for in a few lines (absent, empty, or holding only
+what the shipped file holds: ``[upstream] url = "direct"``, ``[capture]``, ``[daemon]
+state_dir``) is read here; any other file goes through the full loader, so ``status``
+accepts and refuses exactly the files every other command does, with the same error line.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import sys
+from pathlib import Path
+
+CONFIG_ENV = "ATLANTIC_CONFIG"  # = config.CONFIG_ENV and DEFAULT_CONFIG_PATH (a test holds them equal)
+DEFAULT_CONFIG_PATH = "/etc/atlantic/atlantic.toml"
+DEFAULT_STATE_DIR = "/run/atlantic"
+STATUS_TIMEOUT_S = 2.0  # = lifecycle.STATUS_TIMEOUT_S
+_SIMPLE_CONFIG_BYTES = 1 << 16
+# One line of a simple config: blank, a comment, [upstream]/[capture]/[daemon], or
+# url = "..." / state_dir = "..." (a basic string without escapes). TOML's whitespace is
+# space and tab; control characters other than tab are errors in comments and strings.
+_SIMPLE_LINE = (r'[ \t]*(?:\[(upstream|capture|daemon)\]|(url|state_dir)[ \t]*=[ \t]*'
+                r'"([^"\\\x00-\x08\x0a-\x1f\x7f]*)")?[ \t]*(?:#[^\x00-\x08\x0a-\x1f\x7f]*)?')
 
 
-def _fast_status(as_json: bool) -> int:
-    """`atlantic status [--json]` without importing typer or rich: answers in milliseconds."""
-    from atlantic.client.config import ConfigError
-    from atlantic.client.config_check import load_config
-    from atlantic.client.lifecycle import status as daemon_status
+def _parse_status_args(args: list[str]) -> tuple[bool, str | None] | None:
+    """(--json given, --config value) for ``status``'s own options, or None: let typer parse."""
+    as_json, config = False, None
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--json":
+            as_json = True
+        elif arg in ("--config", "-c"):
+            config = next(rest, None)
+            if config is None or config.startswith("-"):
+                return None
+        elif arg.startswith("--config="):
+            config = arg.removeprefix("--config=")
+        else:
+            return None
+    return as_json, config
+
+
+def _simple_state_dir(explicit: str | None) -> str | None:
+    """``daemon.state_dir`` of a config known to be valid without the full loader, or None."""
+    from atlantic.client.state import unsafe_dir_reason
+
+    path = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+    if not os.path.lexists(path):
+        state_dir = None if explicit or os.environ.get(CONFIG_ENV) else DEFAULT_STATE_DIR
+    else:
+        state_dir = _simple_file_state_dir(path)
+    if state_dir is None or unsafe_dir_reason(Path(state_dir)) is not None:
+        return None
+    return state_dir
+
+
+def _simple_file_state_dir(path: str) -> str | None:
+    import re
+    import stat
 
     try:
-        cfg = load_config(secrets=False)  # status needs no password (and others cannot read it)
-    except ConfigError as exc:
-        print(f"atlantic: {exc}", file=sys.stderr)
-        return 1
-    report = daemon_status(cfg)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang us
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode) and not st.st_mode & 0o022):
+            return None
+        try:
+            data = f.read(_SIMPLE_CONFIG_BYTES + 1)
+            text = data.decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+    if len(data) > _SIMPLE_CONFIG_BYTES:
+        return None
+    line_re, section, seen, state_dir = re.compile(_SIMPLE_LINE), None, set(), DEFAULT_STATE_DIR
+    for line in text.split("\n"):
+        if (m := line_re.fullmatch(line)) is None:
+            return None
+        header, key, value = m.groups()
+        if not (header or key):
+            continue  # blank or a comment
+        name = header or (section, key)
+        if name in seen:  # a table or key defined twice is a TOML error
+            return None
+        seen.add(name)
+        if header:
+            section = header
+        elif (section, key) == ("upstream", "url"):
+            if value != "direct":
+                return None
+        elif (section, key) == ("daemon", "state_dir"):
+            # config._read_daemon's rule, applied as strictly or more: anything else asks the loader.
+            if not value.startswith("/") or value == "/" or len(value) > 200 or ".." in value.split("/"):
+                return None
+            state_dir = value
+        else:
+            return None
+    return state_dir
+
+
+def status_report(state_dir: str) -> dict:
+    """What ``lifecycle.status`` says for a daemon under ``state_dir`` (never raises).
+
+    The same steps, without importing the config module: a test holds the two equal.
+    """
+    from atlantic.client.control import ControlError, request
+    from atlantic.client.state import StatePaths, is_daemon_alive, read_state
+
+    paths = StatePaths.for_namespace(Path(state_dir))
+    state = read_state(paths)
+    if state is None and not paths.control_socket.exists():
+        return {"state": "down"}
+    try:
+        return request(paths.control_socket, "status", timeout=STATUS_TIMEOUT_S)
+    except ControlError as exc:
+        if state is None:
+            return {"state": "down", "problem": f"the daemon does not answer ({exc}); `sudo atlantic status` tells more"}
+        pid = int(state.get("pid", 0))
+        alive = is_daemon_alive(pid)
+        return {
+            "state": "down",
+            "pid": pid,
+            "upstream": state.get("upstream"),
+            "problem": (
+                f"the daemon (pid {pid}) does not answer: {exc}" if alive else
+                f"the daemon (pid {pid}) died; its routing is still in place (fail closed): run `sudo atlantic down`"
+            ),
+        }
+
+
+def _echo(text: str, stream) -> None:
+    """``typer.echo``'s output: click drops ANSI colour codes when the stream is no terminal."""
+    if "\x1b" in text and not stream.isatty():
+        import re
+
+        text = re.sub(r"\033\[[;?0-9]*[a-zA-Z]", "", text)
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def fast_status(as_json: bool, config: str | None) -> int:
+    """``atlantic status``: prints what the typer command prints; returns its exit code."""
+    state_dir = _simple_state_dir(config)
+    if state_dir is None:
+        from atlantic.client.config import ConfigError
+        from atlantic.client.config_check import load_config
+
+        try:
+            cfg = load_config(config, secrets=False)  # status needs no password (and others cannot read it)
+        except ConfigError as exc:
+            _echo(f"atlantic: {exc}", sys.stderr)
+            return 1
+        state_dir = str(cfg.daemon.state_dir)
+    report = status_report(state_dir)
     if as_json:
-        print(json.dumps(report, indent=2, sort_keys=True))
+        import json
+
+        _echo(json.dumps(report, indent=2, sort_keys=True), sys.stdout)
     else:
         from atlantic.client.report import format_status
 
-        print(format_status(report))
+        _echo(format_status(report), sys.stdout)
     return 3 if report.get("state") != "up" and report.get("problem") else 0
 
 
 def main() -> None:
     """Entry point of the console script and of ``python -m atlantic``."""
     args = sys.argv[1:]
-    if args[:1] == ["status"] and set(args[1:]) <= {"--json"}:
-        sys.exit(_fast_status("--json" in args))
+    if args == ["version"]:
+        from atlantic import __version__
+
+        _echo(f"atlantic {__version__}", sys.stdout)
+        sys.exit(0)
+    if args[:1] == ["status"] and (parsed := _parse_status_args(args[1:])) is not None:
+        sys.exit(fast_status(*parsed))
     from atlantic.client.cli import main as cli_main
 
     cli_main()
