@@ -1,0 +1,409 @@
+"""CPU and latency of a new application connection through the forwarder and the pool.
+
+Usage: .venv/bin/python bench/profile_conn.py [--label after] [--count 2000] [--repeats 3]
+       [--code DIR] [--no-profile]
+
+Loopback only, no namespaces. In a temporary directory: an origin child process (this
+script, ``--origin``: HTTP/1.1 keep-alive, every answer a 100-byte body) and a private
+Squid on a loopback port (no cache, no auth, persistent connections both sides), killed
+by PID on the way out. The code under test runs in this process's event loop: a real
+``Dispatcher`` (forwarder/dispatch.py) serving a listening socket, whose NAT lookup maps
+every accepted peer port to the origin, over a real ``UpstreamPool`` to Squid. So
+``getrusage(RUSAGE_SELF)`` is the daemon side's own CPU (sniffing, the h11 relay, the
+pool, the HTTP/1.1 connection to the proxy).
+
+The applications run in a client child process (``--client``), so their CPU is not
+counted. Workloads, as an application uses Atlantic:
+
+- ``conns``: ``--count`` sequential new connections, one GET each (no ``Connection:
+  close``: the client closes after the body, as curl does);
+- ``warm``: ``--count`` GETs on one keep-alive connection through the dispatcher (what a
+  request costs once its connection exists: ``conns`` minus ``warm`` is the connection);
+- ``squid``: ``--count`` new connections straight to Squid (absolute-form), no Atlantic:
+  the floor the peers set.
+
+Each trial: p50/p90 of the client's time per request (connect to the last body byte),
+requests (or connections) per second, daemon CPU per request. ``--repeats`` rounds,
+workloads interleaved (the VM is shared and noisy; medians reported), after one warm-up.
+Then ``conns`` once more under cProfile (top 30 by own time and by cumulative time).
+``--code DIR`` imports ``atlantic`` from ``DIR/atlantic`` (a copy of the tree taken
+before a change: before/after interleaved in one sitting). Results go, under
+``--label``, into bench/results/profile-conn-20261201.json; the .txt beside it is
+rewritten from every label the JSON holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STEM = "profile-conn-20261201"
+BODY = b"x" * 99 + b"\n"  # 100 bytes
+WORKLOADS = ("conns", "warm", "squid")
+SQUID_NAME = "atlprofconn"  # Squid's -n: its shm names apart from any other Squid
+
+
+# -- origin child: HTTP/1.1 keep-alive, 100-byte answers ---------------------------------
+
+def _origin_conn(sock: socket.socket) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            _, _, buf = buf.partition(b"\r\n\r\n")  # GETs only: no request body
+            sock.sendall(answer)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def _origin(port_file: str) -> None:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+    Path(port_file).write_text(str(listener.getsockname()[1]))
+    while True:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=_origin_conn, args=(conn,), daemon=True).start()
+
+
+# -- client child: the applications --------------------------------------------------------
+
+def _get(sock: socket.socket, request: bytes) -> None:
+    sock.sendall(request)
+    buf = b""
+    while (i := buf.find(b"\r\n\r\n")) < 0:
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError("closed before the response head")
+        buf += data
+    head = buf[:i].lower()
+    length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+    need = i + 4 + length
+    while len(buf) < need:
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError("closed mid-body")
+        buf += data
+    if not buf.startswith(b"HTTP/1.1 200 "):
+        raise RuntimeError(buf[:80].decode("latin-1", "replace"))
+
+
+def _client(workload: str, port: int, origin_port: int, count: int) -> None:
+    authority = f"127.0.0.1:{origin_port}"
+    target = f"http://{authority}/small" if workload == "squid" else "/small"
+    request = (f"GET {target} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: profile-conn\r\n"
+               "Accept: */*\r\n\r\n").encode()
+    times = []
+    perf = time.perf_counter
+    start = perf()
+    if workload == "warm":
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(count):
+                t0 = perf()
+                _get(sock, request)
+                times.append(perf() - t0)
+    else:
+        for _ in range(count):
+            t0 = perf()
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                _get(sock, request)
+                times.append(perf() - t0)
+    elapsed = perf() - start
+    print(json.dumps({"elapsed": elapsed, "times": times}), flush=True)
+
+
+# -- the peers ---------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_tcp(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+
+
+SQUID_CONF = """\
+http_port 127.0.0.1:{port}
+visible_hostname profile-conn.test
+pid_filename {dir}/squid.pid
+cache_log {dir}/cache.log
+access_log none
+cache_store_log none
+logfile_rotate 0
+coredump_dir {dir}
+netdb_filename none
+pinger_enable off
+cache deny all
+cache_mem 8 MB
+http_access allow all
+forwarded_for delete
+via off
+shutdown_lifetime 1 seconds
+client_persistent_connections on
+server_persistent_connections on
+"""
+
+
+class Peers:
+    """The origin child and a private Squid, started in ``tmp``; ``close()`` kills both by PID."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.procs: list[subprocess.Popen] = []
+        port_file = tmp / "origin.port"
+        origin = self._spawn([sys.executable, __file__, "--origin", str(port_file)])
+        deadline = time.monotonic() + 10
+        while not (port_file.exists() and port_file.read_text()):
+            if time.monotonic() > deadline or origin.poll() is not None:
+                raise RuntimeError("the origin did not start")
+            time.sleep(0.02)
+        self.origin_port = int(port_file.read_text())
+        self.squid_port = _free_port()
+        squid_dir = tmp / "squid"
+        squid_dir.mkdir()
+        (squid_dir / "squid.conf").write_text(SQUID_CONF.format(port=self.squid_port, dir=squid_dir))
+        if os.geteuid() == 0:  # Squid drops to `proxy`: it must write its log and pid here
+            shutil.chown(tmp, group="proxy")
+            os.chmod(tmp, 0o750)
+            shutil.chown(squid_dir, "proxy", "proxy")
+        squid = self._spawn(["squid", "-N", "-n", SQUID_NAME, "-f", str(squid_dir / "squid.conf")])
+        _wait_tcp(self.squid_port, squid)
+        self.version = subprocess.run(["squid", "-v"], capture_output=True, text=True, timeout=10,
+                                      check=False).stdout.splitlines()[0].strip()
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGINT)  # Squid: SIGTERM waits for its clients
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+
+
+# -- the daemon side under test ------------------------------------------------------------
+
+def _cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+
+
+def _quantile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class Daemon:
+    """A Dispatcher over an UpstreamPool to the Squid of ``peers``, on a loopback listener."""
+
+    def __init__(self, peers: Peers) -> None:
+        self.peers = peers
+
+    async def __aenter__(self) -> Daemon:
+        from atlantic.forwarder.dispatch import Dispatcher
+        from atlantic.pool.pool import UpstreamPool
+        from atlantic.pool.upstream import parse_upstream
+
+        url = f"http://127.0.0.1:{self.peers.squid_port}"
+        origin = ("127.0.0.1", self.peers.origin_port)
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
+        self.listener.setblocking(False)
+        self.port = self.listener.getsockname()[1]
+        self.pool = UpstreamPool(url, warm_tunnels=0)
+        await self.pool.start()
+        self.dispatcher = Dispatcher(parse_upstream(url), lambda nat_port: (("127.0.0.1", nat_port), origin),
+                                     self.pool, idle_timeout=120.0)
+        await self.dispatcher.serve(self.listener)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.dispatcher.aclose(2.0)
+        await self.pool.aclose()
+        self.listener.close()
+
+    async def trial(self, workload: str, count: int, profile: cProfile.Profile | None = None) -> dict:
+        """One client run of ``workload``; the daemon's CPU meanwhile."""
+        port = self.peers.squid_port if workload == "squid" else self.port
+        argv = [sys.executable, __file__, "--client", workload, str(port), str(self.peers.origin_port), str(count)]
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        if profile is not None:
+            profile.enable()
+        cpu0 = _cpu()
+        try:
+            out, _ = await asyncio.wait_for(asyncio.to_thread(child.communicate), 600)
+        finally:
+            user, sys_ = (b - a for a, b in zip(cpu0, _cpu()))
+            if profile is not None:
+                profile.disable()
+            if child.poll() is None:
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait()
+        if child.returncode != 0:
+            raise RuntimeError(f"client {workload} exited with {child.returncode}")
+        report = json.loads(out)
+        times = report["times"]
+        return {"workload": workload, "count": count, "per_s": count / report["elapsed"],
+                "p50_ms": _quantile(times, 0.5) * 1e3, "p90_ms": _quantile(times, 0.9) * 1e3,
+                "cpu_us_per_req": (user + sys_) / count * 1e6, "sys_us_per_req": sys_ / count * 1e6}
+
+
+async def _run(peers: Peers, count: int, repeats: int, profile: bool) -> dict:
+    async with Daemon(peers) as daemon:
+        for workload in WORKLOADS:  # warm-up: pool and Squid connections up, code paths hot
+            await daemon.trial(workload, 100)
+        trials = []
+        for _ in range(repeats):
+            for workload in WORKLOADS:
+                t = await daemon.trial(workload, count)
+                trials.append(t)
+                print(f"  {workload:<6} {t['per_s']:7.0f}/s  p50 {t['p50_ms']:.3f} ms  p90 {t['p90_ms']:.3f} ms  "
+                      f"daemon CPU {t['cpu_us_per_req']:.0f} us/req (sys {t['sys_us_per_req']:.0f})", flush=True)
+        summary = {}
+        for workload in WORKLOADS:
+            sel = [t for t in trials if t["workload"] == workload]
+            summary[workload] = {k: statistics.median(t[k] for t in sel)
+                                 for k in ("per_s", "p50_ms", "p90_ms", "cpu_us_per_req", "sys_us_per_req")}
+            summary[workload]["per_s_best"] = max(t["per_s"] for t in sel)
+            summary[workload]["cpu_us_per_req_best"] = min(t["cpu_us_per_req"] for t in sel)
+        profiles = {}
+        if profile:
+            prof = cProfile.Profile()
+            t = await daemon.trial("conns", count, prof)
+            profiles = {"conns": {"cumulative": _profile_text(prof, "cumulative"),
+                                  "tottime": _profile_text(prof, "tottime"),
+                                  "per_s_under_profile": t["per_s"]}}
+        pool = daemon.pool.counters()
+        reuse = {k: pool.get(k) for k in ("requests", "reused", "connections_opened")}
+    return {"summary": summary, "trials": trials, "profiles": profiles, "pool": reuse}
+
+
+def _profile_text(prof: cProfile.Profile, sort: str) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.strip_dirs().sort_stats(sort).print_stats(30)
+    lines = out.getvalue().splitlines()
+    start = next((i for i, line in enumerate(lines) if "function calls" in line), 0)
+    return "\n".join(line.rstrip() for line in lines[start:] if line.strip()) + "\n"
+
+
+# -- result files --------------------------------------------------------------------------
+
+def _write_text(doc: dict) -> str:
+    lines = [(f"profile_conn: {doc['count']} requests per trial through a Dispatcher + UpstreamPool "
+              "to a private Squid on loopback, 100-byte origin body"),
+             ("conns: one GET per new connection; warm: GETs on one keep-alive connection; squid: new "
+              "connections straight to Squid (no Atlantic)"),
+             ("daemon CPU = getrusage(RUSAGE_SELF) user+sys of the dispatcher's process per request; "
+              "medians of the timed runs (best in brackets)"), ""]
+    lines.append(f"{'label':<10} {'workload':<8} {'req/s':>7} {'(best)':>7} {'p50 ms':>7} {'p90 ms':>7} "
+                 f"{'CPU us/req':>10} {'(best)':>7} {'sys us':>6}")
+    for label, run in doc["runs"].items():
+        for workload, s in run["summary"].items():
+            lines.append(f"{label:<10} {workload:<8} {s['per_s']:>7.0f} {s['per_s_best']:>7.0f} "
+                         f"{s['p50_ms']:>7.3f} {s['p90_ms']:>7.3f} {s['cpu_us_per_req']:>10.0f} "
+                         f"{s['cpu_us_per_req_best']:>7.0f} {s.get('sys_us_per_req', float('nan')):>6.0f}")
+    for label, run in doc["runs"].items():
+        lines += ["", (f"== {label}: {run['when']}, {run['host']}, {run['cpus']} CPUs, {run['peer']}, "
+                       f"python {run['python']}, code {run.get('code', '?')}, pool {run.get('pool')}")]
+        if run.get("note"):
+            lines.append(f"   {run['note']}")
+        for workload, prof in run["profiles"].items():
+            for sort in ("tottime", "cumulative"):
+                lines += ["", f"-- {label} / {workload}: cProfile top 30 by {sort} "
+                              f"({prof['per_s_under_profile']:.0f} conn/s under the profiler)",
+                          prof[sort].rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", default="after", help="the name of this run in the result files")
+    parser.add_argument("--note", default="", help="a line saying what this run measured")
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--code", help="import atlantic from DIR/atlantic (a copy of an older tree)")
+    parser.add_argument("--no-profile", action="store_true", help="timed runs only")
+    parser.add_argument("--no-save", action="store_true", help="print only, write no result file")
+    parser.add_argument("--origin", help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.origin:
+        _origin(args.origin)
+        return
+    if args.client:
+        workload, port, origin_port, count = args.client
+        _client(workload, int(port), int(origin_port), int(count))
+        return
+    if args.code:
+        sys.path.insert(0, str(Path(args.code).resolve()))
+    import atlantic.forwarder.dispatch
+
+    code = str(Path(atlantic.forwarder.dispatch.__file__).resolve().parent.parent)
+    with tempfile.TemporaryDirectory(prefix="profile-conn-") as tmp:
+        peers = Peers(Path(tmp))
+        try:
+            result = asyncio.run(_run(peers, args.count, args.repeats, not args.no_profile))
+        finally:
+            peers.close()
+    if args.no_save:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    jpath = RESULTS / f"{STEM}.json"
+    doc = json.loads(jpath.read_text()) if jpath.exists() else {}
+    doc.update({"bench": "profile_conn", "count": args.count, "repeats": args.repeats})
+    doc.setdefault("runs", {})[args.label] = {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(), "cpus": os.cpu_count(),
+        "python": platform.python_version(), "peer": peers.version, "code": code, "note": args.note,
+        **result}
+    jpath.write_text(json.dumps(doc, indent=2) + "\n")
+    text = _write_text(doc)
+    (RESULTS / f"{STEM}.txt").write_text(text)
+    print(text.split("\n\n== ")[0])
+    print(f"wrote {jpath} and {STEM}.txt")
+
+
+if __name__ == "__main__":
+    main()
