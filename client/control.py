@@ -416,3 +416,37 @@ def request(path: Path, cmd: str, timeout: float = 2.0, **args) -> dict:
     if not isinstance(reply, dict):
         raise ControlError(f"the daemon at {path} sent an unreadable reply")
     return reply
+
+
+STATUS_TIMEOUT_S = 2.0
+
+
+def daemon_status(paths) -> dict:
+    """The daemon's status over its socket, or a ``down`` report saying why (never raises).
+
+    ``paths``: the daemon's ``state.StatePaths``. The state file is root's alone: another
+    user asks the socket directly (it answers with a report without secrets) and, when it
+    does not answer, is told to ask as root. Shared by ``atlantic status``'s fast path
+    (``client/main.py``) and ``lifecycle.status``.
+    """
+    from atlantic.client.state import is_daemon_alive, read_state
+
+    state = read_state(paths)
+    if state is None and not paths.control_socket.exists():
+        return {"state": "down"}
+    try:
+        return request(paths.control_socket, "status", timeout=STATUS_TIMEOUT_S)
+    except ControlError as exc:
+        if state is None:
+            return {"state": "down", "problem": f"the daemon does not answer ({exc}); `sudo atlantic status` tells more"}
+        pid = int(state.get("pid", 0))
+        alive = is_daemon_alive(pid)
+        return {
+            "state": "down",
+            "pid": pid,
+            "upstream": state.get("upstream"),
+            "problem": (
+                f"the daemon (pid {pid}) does not answer: {exc}" if alive else
+                f"the daemon (pid {pid}) died; its routing is still in place (fail closed): run `sudo atlantic down`"
+            ),
+        }

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from atlantic.client.config import Config
 from atlantic.client.config_check import upstream_urls_with_secret
-from atlantic.client.control import ControlError, ControlTimeout, request
+from atlantic.client.control import ControlError, ControlTimeout, daemon_status, request
 from atlantic.client.state import (
     StateDirError,
     StatePaths,
@@ -35,7 +35,6 @@ UPSTREAM_ENV = "ATLANTIC_UPSTREAM_URL"  # the child reads the URLs here (one a l
 START_TIMEOUT_S = 15.0
 STOP_REQUEST_TIMEOUT_S = 5.0  # for the reply to `stop`; then SIGTERM asks the same thing
 STOP_TIMEOUT_S = 30.0  # the daemon's own drain and restore are bounded well below this
-STATUS_TIMEOUT_S = 2.0
 
 
 class LifecycleError(Exception):
@@ -244,28 +243,6 @@ def cleanup_leftovers(cfg: Config, *, keep_killswitch: bool = False) -> list[str
 
 
 def status(cfg: Config) -> dict:
-    """The daemon's status, or a ``down`` report saying why (never raises).
-
-    The state file is root's alone: another user asks the socket directly (it answers
-    with a report without secrets) and, when it does not answer, is told to ask as root.
-    """
-    paths = _paths(cfg)
-    state = read_state(paths)
-    if state is None and not paths.control_socket.exists():
-        return {"state": "down"}
-    try:
-        return request(paths.control_socket, "status", timeout=STATUS_TIMEOUT_S)
-    except ControlError as exc:
-        if state is None:
-            return {"state": "down", "problem": f"the daemon does not answer ({exc}); `sudo atlantic status` tells more"}
-        pid = int(state.get("pid", 0))
-        alive = is_daemon_alive(pid)
-        return {
-            "state": "down",
-            "pid": pid,
-            "upstream": state.get("upstream"),
-            "problem": (
-                f"the daemon (pid {pid}) does not answer: {exc}" if alive else
-                f"the daemon (pid {pid}) died; its routing is still in place (fail closed): run `sudo atlantic down`"
-            ),
-        }
+    """The daemon's status, or a ``down`` report saying why (never raises; see
+    ``control.daemon_status``)."""
+    return daemon_status(_paths(cfg))

@@ -20,7 +20,6 @@ from pathlib import Path
 CONFIG_ENV = "ATLANTIC_CONFIG"  # = config.CONFIG_ENV and DEFAULT_CONFIG_PATH (a test holds them equal)
 DEFAULT_CONFIG_PATH = "/etc/atlantic/atlantic.toml"
 DEFAULT_STATE_DIR = "/run/atlantic"
-STATUS_TIMEOUT_S = 2.0  # = lifecycle.STATUS_TIMEOUT_S
 _SIMPLE_CONFIG_BYTES = 1 << 16
 # One line of a simple config: blank, a comment, [upstream]/[capture]/[daemon], or
 # url = "..." / state_dir = "..." (a basic string without escapes). TOML's whitespace is
@@ -107,33 +106,12 @@ def _simple_file_state_dir(path: str) -> str | None:
 
 
 def status_report(state_dir: str) -> dict:
-    """What ``lifecycle.status`` says for a daemon under ``state_dir`` (never raises).
+    """What ``lifecycle.status`` says for a daemon under ``state_dir`` (never raises), without
+    importing the config module."""
+    from atlantic.client.control import daemon_status
+    from atlantic.client.state import StatePaths
 
-    The same steps, without importing the config module: a test holds the two equal.
-    """
-    from atlantic.client.control import ControlError, request
-    from atlantic.client.state import StatePaths, is_daemon_alive, read_state
-
-    paths = StatePaths.for_namespace(Path(state_dir))
-    state = read_state(paths)
-    if state is None and not paths.control_socket.exists():
-        return {"state": "down"}
-    try:
-        return request(paths.control_socket, "status", timeout=STATUS_TIMEOUT_S)
-    except ControlError as exc:
-        if state is None:
-            return {"state": "down", "problem": f"the daemon does not answer ({exc}); `sudo atlantic status` tells more"}
-        pid = int(state.get("pid", 0))
-        alive = is_daemon_alive(pid)
-        return {
-            "state": "down",
-            "pid": pid,
-            "upstream": state.get("upstream"),
-            "problem": (
-                f"the daemon (pid {pid}) does not answer: {exc}" if alive else
-                f"the daemon (pid {pid}) died; its routing is still in place (fail closed): run `sudo atlantic down`"
-            ),
-        }
+    return daemon_status(StatePaths.for_namespace(Path(state_dir)))
 
 
 def _echo(text: str, stream) -> None:

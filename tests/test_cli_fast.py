@@ -194,13 +194,11 @@ def test_fast_commands_import_nothing_heavy(config, args):
 
 
 def test_fast_constants_are_the_loaders():
-    """The defaults the fast path repeats are the config and lifecycle modules' own."""
-    from atlantic.client import lifecycle
+    """The defaults the fast path repeats are the config module's own."""
     from atlantic.client.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, DaemonConfig
 
     assert fast.CONFIG_ENV == CONFIG_ENV and Path(fast.DEFAULT_CONFIG_PATH) == DEFAULT_CONFIG_PATH
     assert Path(fast.DEFAULT_STATE_DIR) == DaemonConfig().state_dir
-    assert fast.STATUS_TIMEOUT_S == lifecycle.STATUS_TIMEOUT_S
 
 
 def test_status_report_is_lifecycle_status(config, state_dir):
