@@ -21,7 +21,7 @@ def test_suite_runs_every_workload_and_writes_results(lab, tmp_path):
 
     rtt = f"{2 * lab.delay_ms:g}"
     stem = suite.main(["--rtts", rtt, "--repeat", "1", "--chunks", "2", "--small", "5", "--streams", "3",
-                       "--burst", "20", "--seed", "1", "--workloads", "chunks-http,ytdlp-pypi,small,bulk4,memory,burst",
+                       "--burst", "20", "--seed", "1", "--idle-timeout", "3", "--workloads", "chunks-http,ytdlp-pypi,small,bulk4,memory,burst",
                        "--out", str(tmp_path)])
     data = json.loads(stem.with_suffix(".json").read_text())
     runs = data["results"][rtt]
