@@ -37,11 +37,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import io
 import json
 import os
 import platform
-import pstats
 import resource
 import shutil
 import signal
@@ -53,6 +51,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from loopback import free_port, profile_text, wait_tcp
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "profile-conn-20261201"
@@ -139,25 +139,6 @@ def _client(workload: str, port: int, origin_port: int, count: int) -> None:
 
 # -- the peers ---------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_tcp(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
-
-
 SQUID_CONF = """\
 http_port 127.0.0.1:{port}
 visible_hostname profile-conn.test
@@ -193,7 +174,7 @@ class Peers:
                 raise RuntimeError("the origin did not start")
             time.sleep(0.02)
         self.origin_port = int(port_file.read_text())
-        self.squid_port = _free_port()
+        self.squid_port = free_port()
         squid_dir = tmp / "squid"
         squid_dir.mkdir()
         (squid_dir / "squid.conf").write_text(SQUID_CONF.format(port=self.squid_port, dir=squid_dir))
@@ -202,7 +183,7 @@ class Peers:
             os.chmod(tmp, 0o750)
             shutil.chown(squid_dir, "proxy", "proxy")
         squid = self._spawn(["squid", "-N", "-n", SQUID_NAME, "-f", str(squid_dir / "squid.conf")])
-        _wait_tcp(self.squid_port, squid)
+        wait_tcp(self.squid_port, squid)
         self.version = subprocess.run(["squid", "-v"], capture_output=True, text=True, timeout=10,
                                       check=False).stdout.splitlines()[0].strip()
 
@@ -312,21 +293,12 @@ async def _run(peers: Peers, count: int, repeats: int, profile: bool) -> dict:
         if profile:
             prof = cProfile.Profile()
             t = await daemon.trial("conns", count, prof)
-            profiles = {"conns": {"cumulative": _profile_text(prof, "cumulative"),
-                                  "tottime": _profile_text(prof, "tottime"),
+            profiles = {"conns": {"cumulative": profile_text(prof, "cumulative", 30),
+                                  "tottime": profile_text(prof, "tottime", 30),
                                   "per_s_under_profile": t["per_s"]}}
         pool = daemon.pool.counters()
         reuse = {k: pool.get(k) for k in ("requests", "reused", "connections_opened")}
     return {"summary": summary, "trials": trials, "profiles": profiles, "pool": reuse}
-
-
-def _profile_text(prof: cProfile.Profile, sort: str) -> str:
-    out = io.StringIO()
-    stats = pstats.Stats(prof, stream=out)
-    stats.strip_dirs().sort_stats(sort).print_stats(30)
-    lines = out.getvalue().splitlines()
-    start = next((i for i, line in enumerate(lines) if "function calls" in line), 0)
-    return "\n".join(line.rstrip() for line in lines[start:] if line.strip()) + "\n"
 
 
 # -- result files --------------------------------------------------------------------------

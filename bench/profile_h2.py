@@ -29,11 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import io
 import json
 import os
 import platform
-import pstats
 import resource
 import signal
 import socket
@@ -44,6 +42,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from loopback import free_port, profile_text, wait_tcp
 
 MIB = 1 << 20
 MB = 1_000_000
@@ -107,25 +107,6 @@ def _backend(port_file: str) -> None:
 
 # -- the peers ---------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_tcp(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
-
-
 class Peers:
     """The backend child and nghttpx, started in ``tmp``; ``close()`` kills both by PID."""
 
@@ -143,14 +124,14 @@ class Peers:
                 raise RuntimeError("the backend did not start")
             time.sleep(0.02)
         backend_port = int(port_file.read_text())
-        self.port = _free_port()
+        self.port = free_port()
         nghttpx = self._spawn([
             "nghttpx", "--conf=/dev/null", "--http2-proxy", "--single-process", "--no-ocsp",
             f"--frontend=127.0.0.1,{self.port}", f"--backend=127.0.0.1,{backend_port}",
             f"--errorlog-file={tmp / 'nghttpx.log'}", "--no-via",
             "--frontend-http2-window-size=16M", "--frontend-http2-connection-window-size=16M",
             "--backend-connections-per-host=256", str(key), str(crt)])
-        _wait_tcp(self.port, nghttpx)
+        wait_tcp(self.port, nghttpx)
         self.version = subprocess.run(["nghttpx", "--version"], capture_output=True, text=True,
                                       timeout=10, check=False).stdout.strip()
 
@@ -235,15 +216,6 @@ async def _one(peers: Peers, path: str, size: int, profile: cProfile.Profile | N
             "cpu_s_per_100mb": cpu / (size / MB) * 100}
 
 
-def _profile_text(prof: cProfile.Profile, sort: str) -> str:
-    out = io.StringIO()
-    stats = pstats.Stats(prof, stream=out)
-    stats.strip_dirs().sort_stats(sort).print_stats(25)
-    lines = out.getvalue().splitlines()
-    start = next((i for i, line in enumerate(lines) if "function calls" in line), 0)
-    return "\n".join(line.rstrip() for line in lines[start:] if line.strip()) + "\n"
-
-
 async def _run(peers: Peers, size: int, repeats: int) -> dict:
     trials = []
     for _ in range(repeats):
@@ -262,8 +234,8 @@ async def _run(peers: Peers, size: int, repeats: int) -> dict:
         }
         prof = cProfile.Profile()
         await _one(peers, path, size, prof)
-        profiles[path] = {"cumulative": _profile_text(prof, "cumulative"),
-                          "tottime": _profile_text(prof, "tottime")}
+        profiles[path] = {"cumulative": profile_text(prof, "cumulative", 25),
+                          "tottime": profile_text(prof, "tottime", 25)}
     return {"summary": summary, "trials": trials, "profiles": profiles}
 
 

@@ -1,12 +1,14 @@
 """The C allocator under a long-running daemon: keep RSS tied to what is in use.
 
-Measured with ``python -m atlantic.lab.soak run --trace-frames 12``: while RSS climbed
-from 56 to 79 MB over bursts of 200 flows, the Python heap that tracemalloc traces stayed
-at 2-5 MB. The climb was glibc keeping freed memory: a burst allocates many transient
-64-256 KiB read buffers from several threads (the control socket's, asyncio's executor);
-glibc raises its mmap threshold after the first large free (so later buffers come from
-the heap, where a single live chunk pins everything below the top) and gives each thread
-an arena of its own. Two settings and a periodic trim bound it:
+Measured with ``lab/soak.py``'s tracing (``bench/results/soak-traced-20261201.json``): while
+RSS climbed from 56 to 79 MB over three bursts of 200 flows, the Python heap that
+tracemalloc traces stayed at 1-5 MB. The likely cause is glibc keeping freed memory: a
+burst allocates many transient 64-256 KiB read buffers; glibc raises its mmap threshold
+after the first large free (so later buffers come from the heap, where a single live chunk
+pins everything below the top) and gives each thread (the control socket's, asyncio's
+executor) an arena of its own. With the settings below, an hour of the same load stayed
+within 0.7 MB after its first minutes (``bench/results/soak-60min-20261201.json``).
+Two settings and a periodic trim:
 
 - ``M_MMAP_THRESHOLD`` fixed at 128 KiB (setting it turns the dynamic raise off): large
   buffers are mmapped and go back to the kernel when freed;

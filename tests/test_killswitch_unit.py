@@ -4,12 +4,10 @@ and keep its offline security score. Offline only: nothing is installed or start
 
 from __future__ import annotations
 
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from test_unit_file import OFFLINE_SINCE, _systemd_version, one, parse_unit
+from test_unit_file import assert_exposure_at_most, assert_verify_clean, one, parse_unit
 
 UNIT = Path(__file__).resolve().parent.parent / "packaging" / "atlantic-killswitch.service"
 MAX_EXPOSURE = 1.4  # measured 1.4 OK with systemd 252 (packaging/unit-security.sh)
@@ -52,19 +50,9 @@ def runnable_unit(tmp_path) -> Path:
 
 def test_systemd_analyze_verify_is_clean(runnable_unit):
     """systemd parses every line without a warning."""
-    _systemd_version()
-    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(runnable_unit)],
-                       capture_output=True, text=True, timeout=60, check=False)
-    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    assert_verify_clean(runnable_unit)
 
 
 def test_offline_security_score(runnable_unit):
     """`systemd-analyze security --offline=yes` keeps the unit at or below the measured exposure."""
-    version = _systemd_version()
-    if version < OFFLINE_SINCE:
-        pytest.skip(f"systemd {version} has no security --offline (needs {OFFLINE_SINCE})")
-    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(runnable_unit)],
-                       capture_output=True, text=True, timeout=60, check=False)
-    m = re.search(r"Overall exposure level for atlantic-killswitch\.service: (\d+\.\d+) (\w+)", r.stdout)
-    assert m, r.stdout[-500:] + r.stderr
-    assert float(m.group(1)) <= MAX_EXPOSURE, m.group(0)
+    assert_exposure_at_most(runnable_unit, MAX_EXPOSURE)

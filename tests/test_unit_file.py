@@ -158,21 +158,31 @@ def runnable_unit(tmp_path) -> Path:
     return path
 
 
-def test_systemd_analyze_verify_is_clean(runnable_unit):
+def assert_verify_clean(unit_file: Path) -> None:
     """systemd itself parses every line (it warns on stderr, yet exits 0, for unknown or bad ones)."""
     _systemd_version()
-    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(runnable_unit)],
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit_file)],
                        capture_output=True, text=True, timeout=60, check=False)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
 
 
-def test_offline_security_score(runnable_unit):
-    """`systemd-analyze security --offline=yes` keeps the unit at or below the measured exposure."""
+def assert_exposure_at_most(unit_file: Path, most: float) -> None:
+    """`systemd-analyze security --offline=yes` scores ``unit_file`` at or below ``most``."""
     version = _systemd_version()
     if version < OFFLINE_SINCE:
         pytest.skip(f"systemd {version} has no security --offline (needs {OFFLINE_SINCE})")
-    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(runnable_unit)],
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit_file)],
                        capture_output=True, text=True, timeout=60, check=False)
-    m = re.search(r"Overall exposure level for atlantic\.service: (\d+\.\d+) (\w+)", r.stdout)
+    m = re.search(rf"Overall exposure level for {re.escape(unit_file.name)}: (\d+\.\d+) (\w+)", r.stdout)
     assert m, r.stdout[-500:] + r.stderr
-    assert float(m.group(1)) <= MAX_EXPOSURE, m.group(0)
+    assert float(m.group(1)) <= most, m.group(0)
+
+
+def test_systemd_analyze_verify_is_clean(runnable_unit):
+    """systemd itself parses every line of the unit."""
+    assert_verify_clean(runnable_unit)
+
+
+def test_offline_security_score(runnable_unit):
+    """`systemd-analyze security --offline=yes` keeps the unit at or below the measured exposure."""
+    assert_exposure_at_most(runnable_unit, MAX_EXPOSURE)
