@@ -20,6 +20,9 @@ connection to the origin left from the run before (each wait's seconds are recor
     atlantic h2   Atlantic up with the lab's nghttpx HTTP/2 front of Squid
     atlantic h1, no monitor   as atlantic h1 with [health] enabled = false (only when
                   named in --peers: it measures what the health monitor costs)
+    atlantic h1, tun   as atlantic h1 with [capture] tcp = "tun": every TCP packet through
+                  the TUN and the NAT in Python instead of the kernel's redirect (only
+                  when named in --peers: it measures what the redirect saves)
     atlantic h1, intercept / atlantic h2, intercept   as atlantic h1 / h2 with the origin's
                   name in [tls] intercept: HTTPS terminated with a local CA (`atlantic ca
                   init`), which the application alone trusts, and its requests pooled
@@ -99,6 +102,7 @@ class Peer:
     monitor: bool = True  # Atlantic's health monitor on (the default) or off
     intercept: bool = False  # Atlantic terminates the origin's HTTPS with its local CA ([tls])
     mtu: int = singbox.DEFAULT_MTU  # sing-box's TUN MTU
+    tcp: str = "redirect"  # Atlantic's [capture] tcp: the kernel's redirect, or every packet via the TUN
 
 
 PEERS = [Peer("direct", "direct", "direct"), Peer("squid -x", "squid", "proxy"), Peer("ideal", "ideal", "ideal"),
@@ -106,10 +110,12 @@ PEERS = [Peer("direct", "direct", "direct"), Peer("squid -x", "squid", "proxy"),
          Peer("sing-box mtu 65520", "sing-box-mtu65520", "sing-box", mtu=65520),
          Peer("atlantic h1", "atlantic-h1", "atlantic"),
          Peer("atlantic h2", "atlantic-h2", "atlantic", h2=True),
+         Peer("atlantic h1, tun", "atlantic-h1-tun", "atlantic", tcp="tun"),
          Peer("atlantic h1, no monitor", "atlantic-h1-nomon", "atlantic", monitor=False),
          Peer("atlantic h1, intercept", "atlantic-h1-tls", "atlantic", intercept=True),
          Peer("atlantic h2, intercept", "atlantic-h2-tls", "atlantic", h2=True, intercept=True)]
-DEFAULT_PEERS = [p for p in PEERS if p.monitor]  # the monitor's cost is a run of its own (--peers)
+# The monitor's cost and the TUN-only capture are runs of their own (named in --peers).
+DEFAULT_PEERS = [p for p in PEERS if p.monitor and p.tcp == "redirect"]
 
 
 @dataclass
@@ -135,7 +141,8 @@ def running(env, peer: Peer):
         with tempfile.TemporaryDirectory(prefix="atlantic-bench-ca-") as ca_dir:
             cacert = w.atlantic_up(env, env.h2_proxy_url if peer.h2 else env.proxy_url,
                                    env.ca_file if peer.h2 else None, monitor=peer.monitor,
-                                   intercept=(env.origin_host,) if peer.intercept else (), ca_dir=Path(ca_dir))
+                                   intercept=(env.origin_host,) if peer.intercept else (), ca_dir=Path(ca_dir),
+                                   tcp=peer.tcp)
             try:
                 yield Running(peer, None, status(env)["pid"], cacert)
             finally:
@@ -333,7 +340,7 @@ def peer_order(seed: int, rtt: str, repeat: int, workload: str, names: list[str]
 NOMON = "atlantic h1, no monitor"  # run with --peers atlantic-h1,atlantic-h1-nomon: the monitor's cost
 TLS = ("atlantic h1, intercept", "atlantic h2, intercept")  # only the https workloads
 SB = ("sing-box", "sing-box mtu 65520")  # at its default MTU and at Atlantic's
-AT = ("atlantic h1", "atlantic h2")
+AT = ("atlantic h1", "atlantic h2", "atlantic h1, tun")  # the last only when named in --peers
 WORKLOADS = {
     "chunks-http": (chunks("http"), ("direct", "squid -x", "ideal", *SB, *AT, NOMON)),
     "chunks-https": (chunks("https"), ("direct", "squid -x", "ideal", *SB, *AT, NOMON, *TLS)),

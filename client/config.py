@@ -94,10 +94,13 @@ class CaptureConfig:
     (``tunnel``: try anyway, ``reject``: reset at once with the reason in status).
     ``lockdown``: the kill switch outlives the daemon: a stop, a restart or ``atlantic down``
     leaves the machine closed until ``atlantic killswitch remove`` (no window while systemd
-    restarts the service).
+    restarts the service). ``tcp``: how TCP reaches the forwarder: ``redirect`` (the
+    kernel's NAT sends each flow to the listener; no per-packet work in Python) or ``tun``
+    (every packet through the TUN and the Python NAT, the system stack alone).
     """
 
     ipv6: str = "capture"
+    tcp: str = "redirect"
     udp: str = "drop"
     kill_switch: bool = True
     lockdown: bool = False
@@ -337,6 +340,7 @@ def _read_capture(table: dict[str, Any], problems: list[ConfigProblem]) -> Captu
 
     cfg = CaptureConfig(
         ipv6=_choice(r, "ipv6", ("capture", "block"), "capture"),
+        tcp=_choice(r, "tcp", ("redirect", "tun"), "redirect"),
         udp=_choice(r, "udp", ("drop", "reject"), "drop"),
         kill_switch=r.get("kill_switch", bool, True, "true or false"),
         lockdown=r.get("lockdown", bool, False, "true or false"),

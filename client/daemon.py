@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import replace
 
@@ -38,7 +39,7 @@ from atlantic.forwarder.dispatch import Dispatcher, default_max_flows, raise_nof
 from atlantic.forwarder.intercept import InterceptPolicy
 from atlantic.interceptor.policy import default_policy
 from atlantic.pool.upstream import parse_upstream
-from atlantic.system import killswitch, routing
+from atlantic.system import killswitch, redirect, routing
 from atlantic.system.marked_dns import read_resolvers
 from atlantic.system.netwatch import NetWatch
 from atlantic.system.sleepwatch import SleepWatch
@@ -53,6 +54,9 @@ IPV6_FREEBIND = 78  # <linux/in6.h>
 STATUS_TRIES = 5
 STATUS_LOOP_TIMEOUT_S = 2.0
 STATUS_LINE_S = 10.0  # how often systemd's STATUS= line is brought up to date
+# The control socket's threads wait for the GIL while the event loop runs; CPython hands it
+# over only every switch interval (5 ms by default), several times per `status` reply.
+GIL_SWITCH_INTERVAL_S = 0.0005
 RESTART_EXIT = 75  # EX_TEMPFAIL: "stopped for a restart"; a failure to systemd, so it restarts
 
 
@@ -62,11 +66,12 @@ def run_daemon(cfg: Config, upstream_urls: list[str]) -> None:
         level=getattr(logging, cfg.daemon.log_level.upper()),
         format="%(asctime)s atlantic[%(process)d] %(levelname)s %(message)s",
     )
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     asyncio.run(Daemon(cfg, upstream_urls).run())
 
 
 def _listener(family: int, address: str, port: int) -> socket.socket:
-    """A listening socket on the TUN's address, bound before the address exists (FREEBIND)."""
+    """A listening socket on ``address`` (the TUN's, bound before it exists: FREEBIND; or loopback)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -124,6 +129,7 @@ class Daemon:
         self.stale_pins: list[str] = []  # proxies whose address came from the pins file at start
         self.resolvers: tuple[str, ...] = ()  # the network's DNS servers, for the marked re-resolve
         self.keep_sealed = False  # SIGUSR2: stop for a restart, the machine left closed
+        self.redirect: redirect.RedirectConfig | None = None  # the kernel's TCP redirect, once applied
         self.background: list[asyncio.Task] = []
 
     def _killswitch_config(self, pinned: dict[str, str], resolvers: tuple[str, ...] = ()) -> killswitch.KillSwitchConfig:
@@ -182,6 +188,7 @@ class Daemon:
             "pid": os.getpid(), "version": __version__, "upstream": self.upstream.redacted(),
             "upstreams": [u.redacted() for u in self.upstreams],
             "tun": cfg.tun.name, "routing": record.to_json(), "killswitch": cfg.capture.kill_switch,
+            "tcp_redirect": cfg.capture.tcp == "redirect",
             "started_at": time.time(),
         }
         listeners: list[socket.socket] = []
@@ -223,9 +230,19 @@ class Daemon:
             )
             for listener in listeners:
                 servers.append(await self.dispatcher.serve(listener))
+            redirect_config = None
+            if cfg.capture.tcp == "redirect":
+                redirect_config, loopback = self._redirect_listeners()
+                listeners += loopback
+                for listener in loopback:
+                    servers.append(await self.dispatcher.serve(listener, redirected=True))
             control = self.control_server()
             control.start()
-            # pyroute2's synchronous API and nft run outside our event loop.
+            # pyroute2's synchronous API and nft run outside our event loop. The redirect
+            # goes in first: it matches only what routes to the TUN, nothing until routing does.
+            if redirect_config is not None:
+                await asyncio.to_thread(redirect.apply, redirect_config)
+                self.redirect = redirect_config
             await asyncio.to_thread(routing.apply, plan)
             if ks_config is not None:
                 await asyncio.to_thread(killswitch.apply, ks_config)
@@ -256,10 +273,32 @@ class Daemon:
         if self.keep_sealed:
             raise SystemExit(RESTART_EXIT)
 
+    def _redirect_listeners(self) -> tuple[redirect.RedirectConfig, list[socket.socket]]:
+        """The loopback listeners the kernel redirects TCP to, and the redirect that names
+        them. IPv6 only when captured and ``::1`` exists (else its TCP stays on the TUN's
+        packet NAT, with one line)."""
+        loopback = [_listener(socket.AF_INET, "127.0.0.1", 0)]
+        port = loopback[0].getsockname()[1]
+        if self.ipv6 == "captured":
+            try:
+                loopback.append(_listener(socket.AF_INET6, "::1", port))
+            except OSError as exc:
+                log.info("IPv6 TCP goes through the TUN's packet NAT: no loopback listener on [::1]:%d (%s)",
+                         port, exc.strerror or exc)
+        config = redirect.RedirectConfig(tun=self.cfg.tun.name, fwmark=self.cfg.routing.fwmark, port=port,
+                                         ipv4=True, ipv6=len(loopback) == 2)
+        return config, loopback
+
     async def _shutdown(self, servers, control: ControlServer | None, listeners, saver,
                         record: routing.RoutingPlan) -> None:
         for server in servers:
             server.close()
+        if self.redirect is not None or self.cfg.capture.tcp == "redirect":
+            try:  # new flows follow routing to the TUN from here (and fail there once it is gone)
+                await asyncio.to_thread(redirect.remove)
+            except redirect.RedirectError as exc:
+                log.error("restore: %s", exc)
+            self.redirect = None
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -303,7 +342,8 @@ class Daemon:
                           pinned: dict[str, str]) -> None:
         """The watchers off every flow's path: network changes (and what others remove of
         our routing and kill switch), systemd's watchdog and status line."""
-        self.guard = NetGuard(plan=plan, killswitch_config=ks_config, drain=self.outbound.drain,
+        self.guard = NetGuard(plan=plan, killswitch_config=ks_config, redirect_config=self.redirect,
+                              drain=self.outbound.drain,
                               recheck_leaks=self.outbound.leaks.recheck, lan=self.cfg.capture.lan,
                               tun=self.cfg.tun.name)
         self.guard.repin = repin.build(self.cfg, self.upstreams, pinned, self.resolvers, self.outbound, self.guard)
@@ -438,6 +478,13 @@ class Daemon:
     async def _status_on_loop(self) -> dict:
         return self.status()
 
+    def _tcp_capture(self) -> str:
+        """How TCP reaches the forwarder, for ``status``."""
+        r = self.redirect
+        if r is None:
+            return "tun"
+        return "redirect" if r.ipv6 or self.ipv6 != "captured" else "redirect (IPv4; IPv6 via the TUN)"
+
     def status(self) -> dict:
         """The status report (the control socket's ``status``); ``report_ms`` is how long it took to build."""
         started = time.perf_counter()
@@ -450,6 +497,7 @@ class Daemon:
             "mtu": self.cfg.tun.mtu,
             "offload": self.cfg.tun.offload,
             "ipv6": self.ipv6,
+            "tcp_capture": self._tcp_capture(),
             "kill_switch": self.killswitch_on,
             "lockdown": self.cfg.capture.lockdown,
             "udp_policy": self.cfg.capture.udp,

@@ -230,6 +230,13 @@ def cleanup_leftovers(cfg: Config, *, keep_killswitch: bool = False) -> list[str
             killswitch.remove()
         except killswitch.KillSwitchError as exc:
             failures.append(str(exc))
+    if state.get("tcp_redirect"):
+        from atlantic.system import redirect
+
+        try:
+            redirect.remove()
+        except redirect.RedirectError as exc:
+            failures.append(str(exc))
     if "routing" in state:
         failures += routing.restore(routing.RoutingPlan.from_json(state["routing"]))
     tun = state.get("tun")

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 
 from atlantic.client.repin import Repin
-from atlantic.system import killswitch, routing
+from atlantic.system import killswitch, redirect, routing
 from atlantic.system.netchange import Change
 from atlantic.system.uncovered import uncovered
 
@@ -39,9 +39,10 @@ class NetGuard:
     """Reacts to network changes and restores what others removed."""
 
     def __init__(self, *, plan: routing.RoutingPlan, killswitch_config: killswitch.KillSwitchConfig | None,
-                 drain: Callable[[], None], recheck_leaks: Callable[[], None], check_every: float = CHECK_S,
+                 redirect_config: redirect.RedirectConfig | None = None, drain: Callable[[], None], recheck_leaks: Callable[[], None], check_every: float = CHECK_S,
                  lan: tuple[str, ...] = (), tun: str = "") -> None:
         self.plan, self.ks, self.lan, self.tun = plan, killswitch_config, lan, tun
+        self.redirect = redirect_config
         self.blocked_routes: list[str] = []
         self.drain, self.recheck_leaks, self.check_every = drain, recheck_leaks, check_every
         self.changes = 0
@@ -115,6 +116,12 @@ class NetGuard:
                 lines.append("the kill switch table was removed by someone else: put back")
             except killswitch.KillSwitchError as exc:
                 lines.append(f"the kill switch table is gone and cannot be put back: {exc}")
+        if self.redirect is not None and not redirect.is_active():
+            try:  # meanwhile TCP went through the TUN's packet NAT: slower, never open
+                redirect.apply(self.redirect)
+                lines.append("the TCP redirect table was removed by someone else: put back")
+            except redirect.RedirectError as exc:
+                lines.append(f"the TCP redirect table is gone and cannot be put back (TCP goes through the TUN): {exc}")
         gone = routing.missing(self.plan)
         if gone:
             try:

@@ -1,8 +1,11 @@
 """The listener side of the forwarder: accept captured flows and carry each over the pool.
 
-The system stack hands every captured TCP flow to one listening socket; the peer port
-of an accepted connection is the NAT port, and ``lookup(port)`` says where the
-application was going. The first bytes decide the way (``sniff``):
+Captured TCP flows arrive on two kinds of listening socket. The kernel's redirect
+(``system/redirect.py``, the default) delivers them to a loopback listener, and conntrack
+says where the application was going (``interceptor.origdst``). The TUN's packet NAT
+(``capture.tcp = "tun"``, and whatever TCP reaches the TUN anyway) delivers them to the
+TUN-address listener, where the peer port is the NAT port and ``lookup(port)`` says it.
+The first bytes decide the way (``sniff``):
 
 - an HTTP/1.x request: the request relay (``serve_http``), every request over the
   shared pool's warm connections;
@@ -47,13 +50,15 @@ from atlantic.forwarder.sniff import FlowKind, sniff
 from atlantic.forwarder.stream_relay import relay_stream
 from atlantic.forwarder.intercept import InterceptPolicy
 from atlantic.forwarder.tlsterm import TlsTerminator
+from atlantic.interceptor.origdst import original_destination
 from atlantic.pool.upstream import Upstream
 from atlantic.dns.intercept import DnsInterceptor
 from atlantic.pool.api import DetachableStream, Pool
 
 log = logging.getLogger("atlantic.forwarder")
 
-Lookup = Callable[[int], "tuple[tuple[str, int], tuple[str, int]] | None"]
+Flow = "tuple[tuple[str, int], tuple[str, int]]"  # (application's address, where it was going)
+Lookup = Callable[[int], "Flow | None"]
 ERROR_LOG_INTERVAL_S = 60.0
 MAX_ERROR_KINDS = 256
 MAX_MESSAGE = 400  # characters of one logged line
@@ -143,6 +148,7 @@ class Dispatcher:
             ca, intercept, pool, note_error=self.note_error, http_counters=self.http_counters,
             idle_timeout=idle_timeout, head_timeout=head_timeout, origin_ca_file=origin_ca_file)
         self.kinds = {kind.value: 0 for kind in FlowKind}
+        self.captured = {"redirect": 0, "tun": 0}  # flows by the way they reached us
         self.flows_total = self.flows_failed = 0
         self.errors: dict[str, ErrorNote] = {}
         self.flows_open = 0  # accepted and not finished yet
@@ -153,13 +159,17 @@ class Dispatcher:
         self._runner: asyncio.Task | None = None
         self._accept_tasks: list[asyncio.Task] = []  # handles, to stop accepting
 
-    async def serve(self, listener: socket.socket) -> Dispatcher:
-        """Start accepting on ``listener`` (non-blocking, listening); returns self as the server."""
+    async def serve(self, listener: socket.socket, *, redirected: bool = False) -> Dispatcher:
+        """Start accepting on ``listener`` (non-blocking, listening); returns self as the server.
+
+        ``redirected``: flows come from the kernel's redirect (destination from conntrack),
+        else from the TUN's packet NAT (destination from ``lookup`` by the peer port).
+        """
         if self._runner is None:
             ready = asyncio.Event()
             self._runner = asyncio.create_task(self._run(ready), name="dispatcher")
             await ready.wait()
-        self._accept_tasks.append(self._group.create_task(self._accept_loop(listener), name="accept"))
+        self._accept_tasks.append(self._group.create_task(self._accept_loop(listener, redirected), name="accept"))
         return self
 
     async def _run(self, ready: asyncio.Event) -> None:
@@ -187,7 +197,7 @@ class Dispatcher:
         self._stop.set()
         await asyncio.wait([runner], timeout=1.0)
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
+    async def _accept_loop(self, listener: socket.socket, redirected: bool) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -205,7 +215,7 @@ class Dispatcher:
             sock.setblocking(False)
             self.flows_open += 1  # counted from here: a drain must wait for it too
             self._no_flows.clear()
-            self._group.create_task(self._flow(sock, peer[1]))
+            self._group.create_task(self._flow(sock, peer[1], redirected))
 
     def _refuse_over_limit(self, sock: socket.socket) -> None:
         """Reset a flow at once: ``max_flows`` are open (better now than EMFILE half-way)."""
@@ -214,24 +224,33 @@ class Dispatcher:
         self._refuse(sock, f"too many flows: {self.flows_open} open, limit {self.max_flows} (daemon.max_flows); "
                            "new flows are reset until some end", "too many flows")
 
-    async def _flow(self, sock: socket.socket, nat_port: int) -> None:
+    async def _flow(self, sock: socket.socket, peer_port: int, redirected: bool) -> None:
         """One accepted flow, start to end; its errors are its own (counted, reset)."""
         try:
-            await self._serve_flow(sock, nat_port)
+            await self._serve_flow(sock, peer_port, redirected)
         except Exception as exc:  # noqa: BLE001 - a bug costs this flow, never its siblings
-            self._refuse(sock, f"flow from NAT port {nat_port} failed ({type(exc).__name__} at {where(exc)}: {exc})",
+            self._refuse(sock, f"flow from port {peer_port} failed ({type(exc).__name__} at {where(exc)}: {exc})",
                          bug_kind("flow failed", exc))
         finally:
             self.flows_open -= 1
             if self.flows_open == 0:
                 self._no_flows.set()
 
-    async def _serve_flow(self, sock: socket.socket, nat_port: int) -> None:
+    async def _serve_flow(self, sock: socket.socket, peer_port: int, redirected: bool) -> None:
         self.flows_total += 1
-        flow = self.lookup(nat_port)
-        if flow is None:
-            self._refuse(sock, f"no NAT entry for listener peer port {nat_port}", "no NAT entry")
-            return
+        if redirected:
+            flow = original_destination(sock)
+            if flow is None:
+                self._refuse(sock, f"a connection from port {peer_port} to the redirect listener was not "
+                                   "redirected by the kernel (no original destination): refused",
+                             "not redirected")
+                return
+        else:
+            flow = self.lookup(peer_port)
+            if flow is None:
+                self._refuse(sock, f"no NAT entry for listener peer port {peer_port}", "no NAT entry")
+                return
+        self.captured["redirect" if redirected else "tun"] += 1
         _src, (ip, port) = flow
         dns = self.dns
         if port == 53 and dns is not None:
@@ -350,6 +369,7 @@ class Dispatcher:
             "flows_failed": self.flows_failed + http.upstream_errors,
             "flows_refused": self.flows_refused,
             "flow_kinds": dict(self.kinds),
+            "flows_captured": dict(self.captured),
             "bytes_up": self.relay_counters.bytes_up + http.bytes_up,
             "bytes_down": self.relay_counters.bytes_down + http.bytes_down,
             "limits": {"max_flows": self.max_flows, "open_files": soft,

@@ -167,11 +167,12 @@ def up(lab, tmp_path):
     """Start Atlantic in the client namespace with a given upstream (and CA); always down after."""
     started = []
 
-    def start(url: str, **upstream_keys) -> dict:
+    def start(url: str, *, sections: str = "", **upstream_keys) -> dict:
+        """``sections``: more TOML tables appended to the config (e.g. ``[capture]``)."""
         cfg = tmp_path / "atlantic.toml"
         cfg.touch(mode=0o600)  # the URL holds the proxy password
         keys = "".join(f'{k} = "{v}"\n' for k, v in upstream_keys.items())
-        cfg.write_text(f'[upstream]\nurl = "{url}"\n{keys}{LAB_HEALTH}')
+        cfg.write_text(f'[upstream]\nurl = "{url}"\n{keys}{LAB_HEALTH}{sections}')
         atlantic(lab, "down")
         res = atlantic(lab, "up", "--config", str(cfg))
         assert res.returncode == 0, res.stderr

@@ -67,7 +67,19 @@ def test_sing_box_at_65520_runs_wherever_sing_box_does():
     assert next(p for p in suite.PEERS if p.slug == "sing-box").mtu == 9000
     for name, (_, allowed) in suite.WORKLOADS.items():
         assert ("sing-box" in allowed) == ("sing-box mtu 65520" in allowed), name
-    assert suite.WORKLOADS["burst"][1] == ("direct", "sing-box", "sing-box mtu 65520", "atlantic h1", "atlantic h2")
+    assert suite.WORKLOADS["burst"][1] == ("direct", "sing-box", "sing-box mtu 65520", "atlantic h1", "atlantic h2",
+                                           "atlantic h1, tun")
+
+
+def test_the_tun_only_capture_is_a_peer_of_its_own():
+    """`atlantic-h1-tun` runs Atlantic with [capture] tcp = "tun" wherever atlantic h1 runs, and
+    only when named in --peers (the default peers use the kernel's redirect)."""
+    peer = next(p for p in suite.PEERS if p.slug == "atlantic-h1-tun")
+    assert (peer.kind, peer.tcp, peer.h2) == ("atlantic", "tun", False)
+    assert all(p.tcp == "redirect" for p in suite.PEERS if p.slug != "atlantic-h1-tun")
+    assert "atlantic-h1-tun" not in suite.parse_args([]).peers
+    for name, (_, allowed) in suite.WORKLOADS.items():
+        assert ("atlantic h1" in allowed) == ("atlantic h1, tun" in allowed), name
 
 
 def test_sing_box_config_renders_the_mtu():

@@ -41,24 +41,33 @@ def squid_lines_for(lab, start: int, needle: str, want: int, timeout: float = 10
         time.sleep(0.1)
 
 
-def test_30_new_connections_ride_one_upstream_connection(lab, up):
-    """30 downloads, each by a new curl process: >= 29 requests reuse an upstream connection, Squid sees 1-2."""
+@pytest.mark.parametrize("tcp", ["redirect", "tun"])
+def test_30_new_connections_ride_one_upstream_connection(lab, up, tcp):
+    """30 downloads, each by a new curl process: >= 29 requests reuse an upstream connection, Squid sees 1-2;
+    with the kernel's redirect (the default) and with every packet through the TUN's NAT alike."""
     start = len(Path(lab.squid_access_log).read_text().splitlines())
-    up(lab.proxy_url)
+    assert up(lab.proxy_url, sections=f'[capture]\ntcp = "{tcp}"\n')["tcp_capture"] == tcp
     for _ in range(30):
         assert hashlib.sha256(curl(lab, f"http://{lab.origin_host}/2mb")).hexdigest() == lab.sha256_2mb
-    pool = status(lab)["pool"]
+    st = status(lab)
+    pool = st["pool"]
     assert pool["requests"] == 30 and pool["reused"] >= 29, pool
+    other = "tun" if tcp == "redirect" else "redirect"
+    assert st["flows_captured"][tcp] >= 30 and st["flows_captured"][other] == 0, st["flows_captured"]
+    if tcp == "tun":
+        assert st["stack"]["bytes_down"] >= 30 * 2 * 1024 * 1024, st["stack"]
     lines = squid_lines_for(lab, start, f"GET http://{lab.origin_host}/2mb", 30)
     assert len(lines) == 30
     client_connections = {SQUID_CLIENT.match(ln).groups() for ln in lines}
     assert 1 <= len(client_connections) <= 2, client_connections
 
 
-def test_https_flows_tunnel_to_the_sni_name_over_warm_connections(lab, up):
-    """Sequential HTTPS downloads are CONNECTed by name, mostly on pre-opened warm proxy connections."""
+@pytest.mark.parametrize("tcp", ["redirect", "tun"])
+def test_https_flows_tunnel_to_the_sni_name_over_warm_connections(lab, up, tcp):
+    """Sequential HTTPS downloads are CONNECTed by name, mostly on pre-opened warm proxy connections
+    (both ways TCP reaches the daemon)."""
     start = len(Path(lab.squid_access_log).read_text().splitlines())
-    up(lab.proxy_url)
+    up(lab.proxy_url, sections=f'[capture]\ntcp = "{tcp}"\n')
     time.sleep(0.5)  # let the background task open the warm connections
     for _ in range(5):
         assert hashlib.sha256(curl(lab, f"https://{lab.origin_host}/2mb")).hexdigest() == lab.sha256_2mb
