@@ -1,21 +1,30 @@
 """Start-up cost of the ``atlantic`` command: ``python -c pass``, ``atlantic version`` and
-``atlantic status --json`` answered by a real control socket.
+``atlantic status --json`` answered by a real control socket, for two config files.
 
-Usage: .venv/bin/python bench/startup.py [--runs 30] [--out FILE] [--before FILE]
+Usage: .venv/bin/python bench/startup.py [--runs 30] [--out FILE] [--before FILE] [--root DIR]
 
 A real ``ControlServer`` (client/control.py) runs in this process and answers ``status``
-with a status-shaped report; ``ATLANTIC_CONFIG`` names a temporary config whose
+with a status-shaped report; ``--config`` names a temporary config whose
 ``daemon.state_dir`` is a temporary directory, so each ``status`` run takes the whole
-reply path (config, socket, JSON) without a daemon. Each command runs ``--runs`` times,
-interleaved, in two modes:
+reply path (config, socket, JSON) without a daemon. Two configs are timed:
+
+- ``status --json``: the shipped file (packaging/deb/atlantic.toml) with that state_dir;
+- ``status --json (real)``: a laptop's (as in README.md): two ``[[upstream]]`` proxies
+  with a username template and password files that exist (mode 600), [health], [pool],
+  [capture], [tls], [tun], [routing] and [daemon].
+
+``--root`` times another checkout's ``.venv`` (e.g. a ``git worktree`` of the code
+before a change) with this script. Each command runs ``--runs`` times, interleaved, in
+two modes:
 
 - ``source``: this shell's environment as it is (here ``PYTHONDONTWRITEBYTECODE=1``:
   Atlantic's own modules are compiled from source on every start, as in this tree);
 - ``bytecode``: bytecode cached (in a temporary ``PYTHONPYCACHEPREFIX``), as an installed
   package runs.
 
-Prints a table (median and p90, ms) and writes a JSON result file; ``--before`` embeds an
-earlier result file's numbers under the key ``before`` (the same script run on older code).
+Prints a table (median and p90, ms) and writes a JSON result file (never over an existing
+one); ``--before`` embeds an earlier result file's numbers under the key ``before`` (the
+same script run on older code).
 """
 
 from __future__ import annotations
@@ -31,8 +40,69 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "bench" / "results" / "startup-20261201.json"
+ROOT = Path(__file__).resolve().parent.parent  # the checkout timed; --root changes it
+DEFAULT_OUT = ROOT / "bench" / "results" / f"startup-{time.strftime('%Y%m%d-%H%M%S')}.json"
+SHIPPED = Path(__file__).resolve().parent.parent / "packaging" / "deb" / "atlantic.toml"
+REAL_CONFIG = """\
+[[upstream]]
+url = "http://customer-me@gw.example.net:7777"
+password_file = "{tmp}/password"
+username_template = "customer-{{user}}-cc-{{country}}-sessid-{{session}}-sesstime-{{minutes}}"
+country = "us"
+session_minutes = 10
+connect_timeout_s = 10
+
+[[upstream]]
+url = "https://customer-me@backup.example.net:8443"
+password_file = "{tmp}/password-backup"
+
+[health]
+probe_url = "http://cp.cloudflare.com/generate_204"
+expected_status = 204
+echo_url = "http://ip-api.com/json/?fields=query,countryCode"
+active_interval_s = 30
+standby_interval_s = 120
+failback_hold_s = 60
+
+[pool]
+idle_timeout_s = 90
+max_per_endpoint = 128
+max_connections = 256
+warm_tunnels = 2
+
+[capture]
+ipv6 = "capture"
+tcp = "redirect"
+udp = "drop"
+kill_switch = true
+lockdown = false
+lan = ["192.168.1.0/24"]
+allow_dhcp = false
+allow_interfaces = ["docker0"]
+ports = []
+other_ports = "tunnel"
+dns_resolver = "9.9.9.9:53"
+
+[tls]
+intercept = ["*.example-video.com"]
+
+[tun]
+name = "atl0"
+address = "198.18.0.1/30"
+mtu = 65520
+offload = true
+
+[routing]
+table = 2026
+fwmark = 0x2026
+rule_priority = 32000
+
+[daemon]
+state_dir = "{state_dir}"
+log_level = "info"
+idle_timeout_s = 300
+head_timeout_s = 30
+"""
 REPORT = {
     "state": "up", "pid": 4242, "version": "0.1.0", "tun": "atl0", "ipv6": "captured", "udp_policy": "drop",
     "upstream": "http://customer-alice@gw.example.net:7777", "uptime_s": 3725.0, "flows_active": 12,
@@ -68,10 +138,25 @@ def _check(name: str, res: subprocess.CompletedProcess) -> None:
     """Every timed run must have done its job: a fast wrong answer is no result."""
     if res.returncode != 0:
         raise SystemExit(f"{name} exited {res.returncode}: {res.stderr.strip()}")
-    if name == "status --json" and json.loads(res.stdout) != REPORT:
+    if name.startswith("status --json") and json.loads(res.stdout) != REPORT:
         raise SystemExit(f"status --json printed something else: {res.stdout[:200]!r}")
     if name == "version" and not res.stdout.startswith("atlantic "):
         raise SystemExit(f"version printed {res.stdout!r}")
+
+
+def _configs(tmp: Path, state_dir: Path) -> dict[str, Path]:
+    """The shipped config and a laptop's, both naming ``state_dir``, mode 644 as installed."""
+    for name in ("password", "password-backup"):
+        secret = tmp / name
+        secret.write_text("hunter2\n")
+        secret.chmod(0o600)
+    shipped = tmp / "shipped.toml"
+    shipped.write_text(SHIPPED.read_text().replace("[daemon]\n", f'[daemon]\nstate_dir = "{state_dir}"\n', 1))
+    real = tmp / "real.toml"
+    real.write_text(REAL_CONFIG.format(tmp=tmp, state_dir=state_dir))
+    for f in (shipped, real):
+        f.chmod(0o644)
+    return {"status --json": shipped, "status --json (real)": real}
 
 
 def measure(runs: int) -> dict:
@@ -82,14 +167,12 @@ def measure(runs: int) -> dict:
     try:
         state_dir = tmp / "state"
         state_dir.mkdir(mode=0o755)
-        config = tmp / "atlantic.toml"
-        config.write_text(f'[daemon]\nstate_dir = "{state_dir}"\n')
-        config.chmod(0o644)
+        configs = _configs(tmp, state_dir)
         paths = StatePaths.for_namespace(state_dir)
         server = ControlServer(paths.control_socket, {"status": lambda _req: REPORT}, {"stop"})
         server.start()
         pycache = tmp / "pycache"
-        base = {**os.environ, "ATLANTIC_CONFIG": str(config)}
+        base = {k: v for k, v in os.environ.items() if k != "ATLANTIC_CONFIG"}
         modes = {
             "source": base,
             "bytecode": {**{k: v for k, v in base.items() if k != "PYTHONDONTWRITEBYTECODE"},
@@ -98,7 +181,7 @@ def measure(runs: int) -> dict:
         commands = {
             "python -c pass": [_python(), "-c", "pass"],
             "version": [*_atlantic(), "version"],
-            "status --json": [*_atlantic(), "status", "--json"],
+            **{name: [*_atlantic(), "status", "--json", "--config", str(f)] for name, f in configs.items()},
         }
         samples: dict[str, dict[str, list[float]]] = {m: {c: [] for c in commands} for m in modes}
         try:
@@ -119,6 +202,8 @@ def measure(runs: int) -> dict:
         return {
             "runs": runs,
             "source_env": {"PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE")},
+            "root": str(ROOT),
+            "configs": {name: f.read_text() for name, f in configs.items()},
             "results": {m: {c: _summary(s) for c, s in by_cmd.items()} for m, by_cmd in samples.items()},
         }
     finally:
@@ -127,10 +212,10 @@ def measure(runs: int) -> dict:
 
 def print_table(title: str, results: dict) -> None:
     print(title)
-    print(f"  {'mode':<9} {'command':<16} {'median ms':>10} {'p90 ms':>8} {'min ms':>8}")
+    print(f"  {'mode':<9} {'command':<22} {'median ms':>10} {'p90 ms':>8} {'min ms':>8}")
     for mode, by_cmd in results.items():
         for name, s in by_cmd.items():
-            print(f"  {mode:<9} {name:<16} {s['median_ms']:>10.1f} {s['p90_ms']:>8.1f} {s['min_ms']:>8.1f}")
+            print(f"  {mode:<9} {name:<22} {s['median_ms']:>10.1f} {s['p90_ms']:>8.1f} {s['min_ms']:>8.1f}")
 
 
 def main() -> None:
@@ -138,12 +223,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--before", type=Path, help="an earlier result file, embedded under 'before'")
+    parser.add_argument("--root", type=Path, help="time this checkout's .venv instead (e.g. a worktree of older code)")
     args = parser.parse_args()
+    if args.out.exists():
+        raise SystemExit(f"{args.out} exists: result files are never overwritten; name another with --out")
+    if args.root is not None:
+        global ROOT
+        ROOT = args.root.resolve()
     result = {"bench": "startup", "python": sys.version.split()[0], "argv": sys.argv[1:],
               "when": time.strftime("%Y-%m-%dT%H:%M:%S"), **measure(args.runs)}
     if args.before is not None:
         before = json.loads(args.before.read_text())
-        result["before"] = {k: before[k] for k in ("when", "runs", "source_env", "results")}
+        result["before"] = {k: before[k] for k in ("when", "runs", "source_env", "root", "results") if k in before}
         print_table("before", result["before"]["results"])
     print_table("after" if args.before is not None else "now", result["results"])
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,11 @@ without typer, rich or the config module: scripts and monitors call ``status`` o
 those imports cost several times Python's own ~30 ms start. Everything else goes to the
 typer application in ``cli``.
 
-A config file ``status`` can vouch for in a few lines (absent, empty, or holding only
-what the shipped file holds: ``[upstream] url = "direct"``, ``[capture]``, ``[daemon]
-state_dir``) is read here; any other file goes through the full loader, so ``status``
-accepts and refuses exactly the files every other command does, with the same error line.
+A config file ``status`` can vouch for (absent, or in the strict subset of TOML and of
+the settings' rules that ``config_fast`` reads: the shipped file, and a laptop's with
+proxy URLs, a password file, [health], [pool], [capture], [tls] ...) is read without the
+config modules; any other file goes through the full loader, so ``status`` accepts and
+refuses exactly the files every other command does, with the same error line.
 """
 
 from __future__ import annotations
@@ -21,11 +22,6 @@ CONFIG_ENV = "ATLANTIC_CONFIG"  # = config.CONFIG_ENV and DEFAULT_CONFIG_PATH (a
 DEFAULT_CONFIG_PATH = "/etc/atlantic/atlantic.toml"
 DEFAULT_STATE_DIR = "/run/atlantic"
 _SIMPLE_CONFIG_BYTES = 1 << 16
-# One line of a simple config: blank, a comment, [upstream]/[capture]/[daemon], or
-# url = "..." / state_dir = "..." (a basic string without escapes). TOML's whitespace is
-# space and tab; control characters other than tab are errors in comments and strings.
-_SIMPLE_LINE = (r'[ \t]*(?:\[(upstream|capture|daemon)\]|(url|state_dir)[ \t]*=[ \t]*'
-                r'"([^"\\\x00-\x08\x0a-\x1f\x7f]*)")?[ \t]*(?:#[^\x00-\x08\x0a-\x1f\x7f]*)?')
 
 
 def _parse_status_args(args: list[str]) -> tuple[bool, str | None] | None:
@@ -61,7 +57,7 @@ def _simple_state_dir(explicit: str | None) -> str | None:
 
 
 def _simple_file_state_dir(path: str) -> str | None:
-    import re
+    """``daemon.state_dir`` of the file at ``path`` if ``config_fast`` vouches for it, else None."""
     import stat
 
     try:
@@ -70,6 +66,7 @@ def _simple_file_state_dir(path: str) -> str | None:
         return None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
+        # Others may not write it (the loader's rule); a password inline is never vouched for.
         if not (stat.S_ISCHR(st.st_mode) or stat.S_ISREG(st.st_mode) and not st.st_mode & 0o022):
             return None
         try:
@@ -79,30 +76,9 @@ def _simple_file_state_dir(path: str) -> str | None:
             return None
     if len(data) > _SIMPLE_CONFIG_BYTES:
         return None
-    line_re, section, seen, state_dir = re.compile(_SIMPLE_LINE), None, set(), DEFAULT_STATE_DIR
-    for line in text.split("\n"):
-        if (m := line_re.fullmatch(line)) is None:
-            return None
-        header, key, value = m.groups()
-        if not (header or key):
-            continue  # blank or a comment
-        name = header or (section, key)
-        if name in seen:  # a table or key defined twice is a TOML error
-            return None
-        seen.add(name)
-        if header:
-            section = header
-        elif (section, key) == ("upstream", "url"):
-            if value != "direct":
-                return None
-        elif (section, key) == ("daemon", "state_dir"):
-            # config._read_daemon's rule, applied as strictly or more: anything else asks the loader.
-            if not value.startswith("/") or value == "/" or len(value) > 200 or ".." in value.split("/"):
-                return None
-            state_dir = value
-        else:
-            return None
-    return state_dir
+    from atlantic.client.config_fast import vouched_state_dir
+
+    return vouched_state_dir(text)
 
 
 def status_report(state_dir: str) -> dict:

@@ -155,9 +155,9 @@ def test_missing_named_config_and_colour_codes_in_its_name(state_dir):
 
 
 def test_config_only_the_full_loader_reads(state_dir):
-    """A valid config the fast reader does not vouch for (a proxy URL) still answers the same."""
+    """A valid config the fast reader does not vouch for (an IPv6 proxy) still answers the same."""
     f = state_dir / "proxy.toml"
-    f.write_text(f'[upstream]\nurl = "http://alice@10.1.2.3:3128"\n[daemon]\nstate_dir = "{state_dir}"\n')
+    f.write_text(f'[upstream]\nurl = "http://alice@[::1]:3128"\n[daemon]\nstate_dir = "{state_dir}"\n')
     assert fast._simple_file_state_dir(str(f)) is None
     with daemon(state_dir):
         res = assert_same("status", "--json", env={"ATLANTIC_CONFIG": str(f)})
@@ -270,3 +270,98 @@ def test_what_the_fast_reader_accepts_the_loader_accepts(state_dir, lines):
         return
     cfg, problems = parse_config(f.read_bytes().decode("utf-8"))
     assert problems == [] and Path(state) == cfg.daemon.state_dir
+
+
+def _laptop_config(state_dir: Path) -> Path:
+    """A real laptop's config (README.md's shape): two proxies with password files (mode 600),
+    a username template, [health], [pool], [capture], [tls], [tun], [routing], [daemon]."""
+    for name in ("password", "password-backup"):
+        (state_dir / name).write_text("hunter2\n")
+        (state_dir / name).chmod(0o600)
+    f = state_dir / "laptop.toml"
+    f.write_text(f"""\
+[[upstream]]                                 # the first is used while it is healthy
+url = "http://customer-me@gw.example.net:7777"
+password_file = "{state_dir}/password"
+username_template = "customer-{{user}}-cc-{{country}}-sessid-{{session}}-sesstime-{{minutes}}"
+country = "us"
+session_minutes = 10
+
+[[upstream]]
+url = "https://customer-me@backup.example.net:8443"
+password_file = "{state_dir}/password-backup"
+
+[health]
+probe_url = "http://cp.cloudflare.com/generate_204"
+echo_url = "http://ip-api.com/json/?fields=query,countryCode"
+failback_hold_s = 60
+
+[pool]
+max_connections = 256
+warm_tunnels = 2
+
+[capture]
+lan = ["192.168.1.0/24"]
+allow_interfaces = ["docker0", "br-*"]
+ports = [80, 443]
+
+[tls]
+intercept = ["*.example-video.com"]
+
+[routing]
+fwmark = 0x2026
+
+[daemon]
+state_dir = "{state_dir}"
+log_level = "info"
+""")
+    f.chmod(0o644)
+    return f
+
+
+def test_a_laptop_config_is_answered_without_the_loader(state_dir):
+    """A real config (proxy URLs, password files, [health], [pool], [capture], [tls]) is
+    answered as the full command answers it, importing neither tomllib nor the config modules."""
+    f = _laptop_config(state_dir)
+    assert fast._simple_file_state_dir(str(f)) == str(state_dir)
+    with daemon(state_dir):
+        res = assert_same("status", "--json", env={"ATLANTIC_CONFIG": str(f)})
+        assert json.loads(res.stdout) == REPORT
+        test_fast_commands_import_nothing_heavy(f, ["status", "--json"])
+
+
+_LAPTOP_BROKEN = [  # (what the laptop config holds instead, the key the loader names)
+    (("echo_url = \"http://ip-api.com", "echo_url = \"ftp://ip-api.com"), "health.echo_url"),
+    (('country = "us"\n', ""), "upstream[1].username_template"),  # {country} without a country
+    (("sesstime-{minutes}", "sesstime-{minutes:>9}"), "upstream[1].username_template"),
+    (("session_minutes = 10", "session_minutes = 0"), "upstream[1].session_minutes"),
+    (('url = "https://customer-me@backup.example.net:8443"', 'url = "direct"'), "upstream"),
+    (("customer-me@gw.example.net", "customer-me:hunter2@gw.example.net"), "upstream[1].url"),  # mode 644
+    (("gw.example.net:7777", "gw.example.net:77777"), "upstream[1].url"),
+    (('"192.168.1.0/24"', '"192.168.1.300/24"'), "capture.lan"),
+    (('"br-*"', '"br-*-too-long-name"'), "capture.allow_interfaces"),
+    (("[80, 443]", "[80, 0]"), "capture.ports"),
+    (('"*.example-video.com"', '"*"'), "tls.intercept"),
+    (("max_connections = 256", "max_connections = 256.0"), "pool.max_connections"),
+    (("fwmark = 0x2026", "fwmark = 0x0"), "routing.fwmark"),
+    (('log_level = "info"', 'log_level = "loud"'), "daemon.log_level"),
+    (("[pool]", "[pool]\nmax_idle = 3"), "pool.max_idle"),
+    (("[health]", "[health]\nenabled = false"), "health.enabled"),
+]
+
+
+@pytest.mark.parametrize(("change", "key"), _LAPTOP_BROKEN, ids=[k for _, k in _LAPTOP_BROKEN])
+def test_a_broken_laptop_config_is_refused_with_config_checks_line(state_dir, change, key):
+    """A laptop config with one thing wrong: `status` prints the one line `up` prints
+    (the typer path) and `config check` names first, and exits 1."""
+    f = _laptop_config(state_dir)
+    old, new = change
+    assert old in f.read_text()
+    f.write_text(f.read_text().replace(old, new, 1))
+    res = assert_same("status", "--json", env={"ATLANTIC_CONFIG": str(f)})
+    check = full_run("config", "check", str(f))
+    assert res.returncode == 1 and check.returncode == 1 and res.stdout == b""
+    lines = check.stderr.splitlines()
+    more = f" (and {len(lines) - 1} more; run `atlantic config check`)".encode() if len(lines) > 1 else b""
+    assert res.stderr == b"atlantic: " + lines[0] + more + b"\n"
+    assert res.stderr.startswith(f"atlantic: {f}: {key}: ".encode())
