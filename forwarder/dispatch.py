@@ -62,6 +62,7 @@ Lookup = Callable[[int], "Flow | None"]
 ERROR_LOG_INTERVAL_S = 60.0
 MAX_ERROR_KINDS = 256
 MAX_MESSAGE = 400  # characters of one logged line
+ACCEPT_BATCH = 64  # connections accepted per wake-up of a listener, then the loop runs others
 FDS_PER_FLOW = 6  # a spliced tunnel: the app's socket, the upstream's, two pipes
 FD_RESERVE = 320  # pool connections (pool.max_total, 256 by default), listeners, TUN, logs
 _QUOTED_OR_NUMBER = re.compile(r"'[^']*'|\"[^\"]*\"|\d+")
@@ -198,24 +199,43 @@ class Dispatcher:
         await asyncio.wait([runner], timeout=1.0)
 
     async def _accept_loop(self, listener: socket.socket, redirected: bool) -> None:
+        """Accept every pending connection each time ``listener`` is readable (a level-
+        triggered reader that stays registered: no reader added and removed, no failed
+        accept and no future per connection, as with ``loop.sock_accept``; a burst is
+        taken in batches of ``ACCEPT_BATCH``)."""
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, peer = await loop.sock_accept(listener)
-            except OSError as exc:  # EMFILE and friends: say so, back off, keep serving
-                self.note_error(f"accept failed: {exc.strerror or exc}")
-                await asyncio.sleep(0.1)
-                continue
-            except Exception as exc:  # noqa: BLE001 - e.g. the listener was closed: stop accepting here
-                self.note_error(f"accept stopped ({type(exc).__name__}: {exc})")
-                return
-            if self.flows_open >= self.max_flows:
-                self._refuse_over_limit(sock)
-                continue
-            sock.setblocking(False)
-            self.flows_open += 1  # counted from here: a drain must wait for it too
-            self._no_flows.clear()
-            self._group.create_task(self._flow(sock, peer[1], redirected))
+        fd = listener.fileno()
+        readable = asyncio.Event()
+        loop.add_reader(fd, readable.set)
+        here = listener.getsockname()[:2]
+        try:
+            while True:
+                await readable.wait()
+                readable.clear()
+                for _ in range(ACCEPT_BATCH):
+                    try:
+                        sock, peer = listener.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        if listener.fileno() < 0:  # closed under us: stop accepting here
+                            self.note_error(f"accept stopped ({exc.strerror or exc})")
+                            return
+                        self.note_error(f"accept failed: {exc.strerror or exc}")  # EMFILE and friends
+                        await asyncio.sleep(0.1)  # back off, keep serving
+                        break
+                    if self.flows_open >= self.max_flows:
+                        self._refuse_over_limit(sock)
+                        continue
+                    sock.setblocking(False)
+                    self.flows_open += 1  # counted from here: a drain must wait for it too
+                    self._no_flows.clear()
+                    self._group.create_task(self._flow(sock, peer, here if redirected else None))
+                else:
+                    readable.set()  # more may be pending: let the flows just started run first
+                    await asyncio.sleep(0)
+        finally:
+            loop.remove_reader(fd)
 
     def _refuse_over_limit(self, sock: socket.socket) -> None:
         """Reset a flow at once: ``max_flows`` are open (better now than EMFILE half-way)."""
@@ -224,33 +244,37 @@ class Dispatcher:
         self._refuse(sock, f"too many flows: {self.flows_open} open, limit {self.max_flows} (daemon.max_flows); "
                            "new flows are reset until some end", "too many flows")
 
-    async def _flow(self, sock: socket.socket, peer_port: int, redirected: bool) -> None:
-        """One accepted flow, start to end; its errors are its own (counted, reset)."""
+    async def _flow(self, sock: socket.socket, peer: tuple, redirect_listener: tuple | None) -> None:
+        """One accepted flow, start to end; its errors are its own (counted, reset).
+        ``redirect_listener``: the (host, port) of the loopback listener that accepted a
+        kernel-redirected flow; None for a flow from the TUN's packet NAT."""
         try:
-            await self._serve_flow(sock, peer_port, redirected)
+            await self._serve_flow(sock, peer, redirect_listener)
         except Exception as exc:  # noqa: BLE001 - a bug costs this flow, never its siblings
-            self._refuse(sock, f"flow from port {peer_port} failed ({type(exc).__name__} at {where(exc)}: {exc})",
+            self._refuse(sock, f"flow from port {peer[1]} failed ({type(exc).__name__} at {where(exc)}: {exc})",
                          bug_kind("flow failed", exc))
         finally:
             self.flows_open -= 1
             if self.flows_open == 0:
                 self._no_flows.set()
 
-    async def _serve_flow(self, sock: socket.socket, peer_port: int, redirected: bool) -> None:
+    async def _serve_flow(self, sock: socket.socket, peer: tuple, redirect_listener: tuple | None) -> None:
         self.flows_total += 1
-        if redirected:
-            flow = original_destination(sock)
-            if flow is None:
-                self._refuse(sock, f"a connection from port {peer_port} to the redirect listener was not "
+        if redirect_listener is not None:
+            dst = original_destination(sock, redirect_listener)
+            if dst is None:
+                self._refuse(sock, f"a connection from port {peer[1]} to the redirect listener was not "
                                    "redirected by the kernel (no original destination): refused",
                              "not redirected")
                 return
+            flow = (peer[:2], dst)
+            self.captured["redirect"] += 1
         else:
-            flow = self.lookup(peer_port)
+            flow = self.lookup(peer[1])
             if flow is None:
-                self._refuse(sock, f"no NAT entry for listener peer port {peer_port}", "no NAT entry")
+                self._refuse(sock, f"no NAT entry for listener peer port {peer[1]}", "no NAT entry")
                 return
-        self.captured["redirect" if redirected else "tun"] += 1
+            self.captured["tun"] += 1
         _src, (ip, port) = flow
         dns = self.dns
         if port == 53 and dns is not None:

@@ -18,8 +18,6 @@ SO_ORIGINAL_DST = 80  # <linux/netfilter_ipv4.h>; IP6T_SO_ORIGINAL_DST has the s
 SOCKADDR_IN = 16
 SOCKADDR_IN6 = 28
 
-Flow = tuple[tuple[str, int], tuple[str, int]]
-
 
 def parse_sockaddr(raw: bytes) -> tuple[str, int]:
     """``(host, port)`` from a raw ``sockaddr_in`` or ``sockaddr_in6`` (pure).
@@ -37,20 +35,16 @@ def parse_sockaddr(raw: bytes) -> tuple[str, int]:
     raise ValueError(f"not an IPv4 or IPv6 sockaddr (family {family}, {len(raw)} bytes)")
 
 
-def original_destination(sock: socket.socket) -> Flow | None:
-    """``(peer, original_destination)`` of an accepted redirected socket, or None when the
-    kernel has no record of a redirect (no conntrack entry, or the flow was made to the
-    listener itself)."""
+def original_destination(sock: socket.socket, listener: tuple[str, int]) -> tuple[str, int] | None:
+    """Where the application behind an accepted, redirected ``sock`` was going, or None when
+    the kernel has no record of a redirect: no conntrack entry, or a connection made to the
+    ``listener`` address itself (host, port), which carrying would loop."""
     try:
         if sock.family == socket.AF_INET6:
             raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, SOCKADDR_IN6)
         else:
             raw = sock.getsockopt(socket.IPPROTO_IP, SO_ORIGINAL_DST, SOCKADDR_IN)
         dst = parse_sockaddr(raw)
-        here = sock.getsockname()[:2]
-        peer = sock.getpeername()[:2]
     except (OSError, ValueError):
         return None
-    if dst == (here[0], here[1]):
-        return None
-    return (peer[0], peer[1]), dst
+    return None if dst == tuple(listener) else dst

@@ -50,14 +50,14 @@ async def echo_server():
 
 
 @contextlib.asynccontextmanager
-async def dispatching(lookup, **kw):
-    """A Dispatcher (``kw`` passed on) over a ``direct`` pool on a loopback listener;
-    yields (dispatcher, listening port)."""
+async def dispatching(lookup, *, redirected: bool = False, **kw):
+    """A Dispatcher (``kw`` passed on) over a ``direct`` pool on a loopback listener (as the
+    kernel's redirect target with ``redirected``); yields (dispatcher, listening port)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
     async with UpstreamPool("direct", warm_tunnels=0) as pool:
         d = Dispatcher(parse_upstream("direct"), lookup, pool, idle_timeout=30.0, **kw)
-        await d.serve(listener)
+        await d.serve(listener, redirected=redirected)
         try:
             yield d, listener.getsockname()[1]
         finally:

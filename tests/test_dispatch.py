@@ -125,6 +125,39 @@ def test_flow_without_nat_entry_is_reset_and_counted():
     run(main())
 
 
+def test_a_connection_made_straight_to_the_redirect_listener_is_reset():
+    """A local process connecting to the redirect listener itself (no kernel redirect behind
+    it) is reset at once and counted: carrying it would loop back to the listener."""
+    async def main():
+        async with dispatching(lambda nat_port: None, redirected=True) as (d, port):
+            for _ in range(3):  # one at a time, and the listener keeps accepting
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                assert isinstance(await read_to_end(r), ConnectionResetError)
+                w.close()
+            await until(lambda: d.flows_open == 0)
+            c = d.counters()
+            assert c["flows_failed"] == 3 and "not redirected" in c["last_error"]["message"]
+            assert c["flows_captured"] == {"redirect": 0, "tun": 0}
+
+    run(main())
+
+
+def test_a_burst_of_connections_is_accepted_in_batches():
+    """More connections at once than one accept batch: every one is accepted and answered."""
+    async def main():
+        async with dispatching(lambda nat_port: None) as (d, port):
+            socks = [socket.socket() for _ in range(150)]
+            for s in socks:  # all SYNs out before the loop runs the accept loop once
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", port))
+            await until(lambda: d.counters()["flows_failed"] == 150)
+            for s in socks:
+                s.close()
+            assert d.flows_open == 0
+
+    run(main())
+
+
 def test_a_bug_in_one_flow_costs_that_flow_only():
     """An error escaping one flow resets it and is counted; the next flow is served as usual."""
     async def main():

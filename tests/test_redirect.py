@@ -101,9 +101,7 @@ def test_redirected_connections_reach_the_loopback_listener_with_their_destinati
                 for peer, listener in ((PEER4, v4), (PEER6, v6)):
                     app = tcp_connect((peer, OTHER_PORT))
                     conn = _accept_one(listener)
-                    found = original_destination(conn)
-                    assert found is not None and found[1] == (peer, OTHER_PORT)
-                    assert found[0] == app.getsockname()[:2]
+                    assert original_destination(conn, listener.getsockname()[:2]) == (peer, OTHER_PORT)
                     app.sendall(b"hello")
                     assert conn.recv(5) == b"hello"
                     app.close(), conn.close()
@@ -111,7 +109,7 @@ def test_redirected_connections_reach_the_loopback_listener_with_their_destinati
                 assert _accept_one(real[0]) is not None
                 straight = tcp_connect(("127.0.0.1", port))
                 conn = _accept_one(v4)
-                assert original_destination(conn) is None  # not redirected: refused by the dispatcher
+                assert original_destination(conn, ("127.0.0.1", port)) is None  # not redirected: refused
                 straight.close(), conn.close()
                 redirect.remove()
                 redirect.remove()  # twice is fine
