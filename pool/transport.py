@@ -12,6 +12,7 @@ the socket) through public calls only, with the same backpressure a StreamReader
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import socket
 import ssl
@@ -35,14 +36,17 @@ class _Buffered(asyncio.Protocol):
     """What asyncio tells a connection: bytes in (kept here), EOF, loss, write pressure.
 
     Reading pauses while more than ``2 * limit`` bytes wait and resumes once at most
-    ``limit`` do (StreamReader's thresholds).
+    ``limit`` do (StreamReader's thresholds). Received chunks are kept as they came (no
+    copy in); ``take`` joins them once, or hands a lone chunk over as it is (measured on
+    an HTTP/2 download: a bytearray's append, slice and delete were 20% of the CPU).
     """
 
     def __init__(self, limit: int, over_tls: bool) -> None:
         self.limit = limit
         self.over_tls = over_tls
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.size = 0  # bytes in ``chunks``
         self.eof = False
         self.error: BaseException | None = None
         self.lost = False
@@ -56,9 +60,10 @@ class _Buffered(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
+        self.chunks.append(data)
+        self.size += len(data)
         self._wake()
-        if len(self.buffer) > 2 * self.limit and not self.read_paused:
+        if self.size > 2 * self.limit and not self.read_paused:
             self.transport.pause_reading()
             self.read_paused = True
 
@@ -93,11 +98,24 @@ class _Buffered(asyncio.Protocol):
 
     def take(self, max_bytes: int | None = None) -> bytes:
         """Remove and return up to ``max_bytes`` (all if None) of what is buffered."""
-        buf = self.buffer
-        n = len(buf) if max_bytes is None else min(max_bytes, len(buf))
-        data = bytes(buf[:n])
-        del buf[:n]
-        if self.read_paused and len(buf) <= self.limit:
+        chunks = self.chunks
+        if max_bytes is not None and max_bytes <= 0:
+            return b""
+        if max_bytes is None or max_bytes >= self.size:
+            data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+        else:
+            parts, left = [], max_bytes
+            while left > 0:
+                chunk = chunks.popleft()
+                if len(chunk) > left:  # split: the rest goes back in front
+                    chunks.appendleft(chunk[left:])
+                    chunk = chunk[:left]
+                parts.append(chunk)
+                left -= len(chunk)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.size -= len(data)
+        if self.read_paused and self.size <= self.limit:
             self.read_paused = False
             self.transport.resume_reading()
         return data
@@ -139,7 +157,7 @@ class Transport:
         p = self._p
         if p.error is not None:
             raise p.error
-        if not p.buffer and not p.eof:
+        if not p.size and not p.eof:
             if p.data_waiter is not None:
                 raise RuntimeError("Transport.read() called while another read is waiting")
             if p.read_paused:  # cannot happen with an empty buffer; never wait on a paused socket
@@ -150,7 +168,7 @@ class Transport:
                 await p.data_waiter
             finally:
                 p.data_waiter = None
-            if not p.buffer and p.error is not None:
+            if not p.size and p.error is not None:
                 raise p.error
         return p.take(max_bytes)
 
@@ -196,7 +214,7 @@ class Transport:
         the peer closed already shows EOF here; either way it must not be reused.
         """
         p = self._p
-        return p.eof or p.error is not None or bool(p.buffer) or self._tr.is_closing()
+        return p.eof or p.error is not None or bool(p.size) or self._tr.is_closing()
 
     def take_buffered(self) -> bytes:
         """Remove and return every byte received and not read yet."""

@@ -236,3 +236,44 @@ def test_tls_transport_negotiates_alpn_and_never_detaches_or_splices(pki):
             await stream.aclose()
 
     run(main())
+
+
+class _FakeTransport:
+    """What _Buffered calls on its transport: pause and resume reading (counted)."""
+
+    def __init__(self) -> None:
+        self.paused = self.resumed = 0
+
+    def pause_reading(self) -> None:
+        self.paused += 1
+
+    def resume_reading(self) -> None:
+        self.resumed += 1
+
+
+def test_buffer_take_returns_bytes_in_order_across_chunk_boundaries():
+    """Chunks are taken whole, split, joined and partly put back, always in order and never
+    more than asked; reading pauses above twice the limit and resumes at the limit."""
+    from atlantic.pool.transport import _Buffered
+
+    async def main():
+        p = _Buffered(limit=10, over_tls=False)
+        tr = _FakeTransport()
+        p.connection_made(tr)
+        chunk = b"abcdefgh"
+        p.data_received(chunk)
+        assert p.take() is chunk  # a lone chunk is handed over as it is
+        stream = bytes(range(256)) * 4
+        for i in range(0, len(stream), 7):
+            p.data_received(stream[i:i + 7])
+        assert tr.paused == 1 and p.read_paused
+        got = b""
+        for want in (0, 1, 3, 7, 8, 20, 1000, 5000):
+            part = p.take(want)
+            assert len(part) == min(want, len(stream) - len(got))
+            got += part
+            assert p.size == len(stream) - len(got)
+        assert got == stream and p.take() == b"" and p.size == 0
+        assert tr.resumed == 1 and not p.read_paused
+
+    asyncio.run(main())
