@@ -28,8 +28,8 @@ workloads interleaved (the VM is shared and noisy; medians reported), after one 
 Then ``conns`` once more under cProfile (top 30 by own time and by cumulative time).
 ``--code DIR`` imports ``atlantic`` from ``DIR/atlantic`` (a copy of the tree taken
 before a change: before/after interleaved in one sitting). Results go, under
-``--label``, into bench/results/profile-conn-20261201.json; the .txt beside it is
-rewritten from every label the JSON holds.
+``--label``, into bench/results/profile-conn-20261201.json (``--stem`` names another
+file); the .txt beside it is rewritten from every label the JSON holds.
 """
 
 from __future__ import annotations
@@ -339,6 +339,7 @@ def main() -> None:
     parser.add_argument("--code", help="import atlantic from DIR/atlantic (a copy of an older tree)")
     parser.add_argument("--no-profile", action="store_true", help="timed runs only")
     parser.add_argument("--no-save", action="store_true", help="print only, write no result file")
+    parser.add_argument("--stem", default=STEM, help=f"result file name without suffix (default {STEM})")
     parser.add_argument("--origin", help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -363,7 +364,7 @@ def main() -> None:
     if args.no_save:
         return
     RESULTS.mkdir(exist_ok=True)
-    jpath = RESULTS / f"{STEM}.json"
+    jpath = RESULTS / f"{args.stem}.json"
     doc = json.loads(jpath.read_text()) if jpath.exists() else {}
     doc.update({"bench": "profile_conn", "count": args.count, "repeats": args.repeats})
     doc.setdefault("runs", {})[args.label] = {
@@ -372,9 +373,9 @@ def main() -> None:
         **result}
     jpath.write_text(json.dumps(doc, indent=2) + "\n")
     text = _write_text(doc)
-    (RESULTS / f"{STEM}.txt").write_text(text)
+    (RESULTS / f"{args.stem}.txt").write_text(text)
     print(text.split("\n\n== ")[0])
-    print(f"wrote {jpath} and {STEM}.txt")
+    print(f"wrote {jpath} and {args.stem}.txt")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
 """The HTTP/1.x request relay: the application talks to us as if we were the origin.
 
-Thin async adapter around h11 (server side) and the shared pool: each request the
-application sends becomes one ``pool.request()``; the response streams back with
-framing chosen by h11. An application that opens a new connection per request still
-rides the pool's warm upstream connections.
+Thin async adapter around :mod:`atlantic.pool.h1wire` (request heads parsed, response
+heads written as bytes, bodies framed; no h11) and the shared pool: each request the
+application sends becomes one ``pool.request()``; the response streams back framed as
+h11 would frame it (Content-Length, else chunked, else until close for HTTP/1.0). An
+application that opens a new connection per request still rides the pool's warm
+upstream connections.
 
 - One request at a time: the next pipelined request is read only after the response
-  went out (bytes already read stay buffered inside h11).
+  went out (bytes already read stay buffered in the reader).
 - The application's connection is an :class:`~.appconn.AppConn`: a plain socket, or
   TLS that :mod:`.tlsterm` terminated (then ``origin`` names the https origin).
 - Backpressure: one body buffer in flight per direction; the response is pulled from
-  the pool only as fast as ``sendall`` drains it to the application. A large
+  the pool only as fast as ``sendall`` drains it to the application (body bytes the
+  pool already holds go out with the head: one write for a small response). A large
   Content-Length body on a plain upstream connection is spliced socket to socket
   instead (one pipe in flight), never entering Python; only into a plain socket.
 - ``Expect: 100-continue`` is answered by us when the pool first pulls the body: the
@@ -35,27 +38,16 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-import h11
-
-from atlantic.pool.errors import RemoteProtocolError, UpstreamError
 from atlantic.forwarder.appconn import AppConn, SocketConn
-from atlantic.forwarder.http1_body import RequestBody, body_length, framing_problem, has_both_lengths
-from atlantic.forwarder.http1_heads import (
-    BadRequest,
-    ErrorReply,
-    bad_request_reply,
-    error_reply,
-    failure_kind,
-    where,
-    is_tunnel_request,
-    request_head,
-    response_headers,
-    for_name,
-    split_host,
-)
+from atlantic.forwarder.http1_body import RequestBody, framing_problem
+from atlantic.forwarder.http1_heads import (BadRequest, ErrorReply, bad_request_reply, error_reply, failure_kind,
+                                            for_name, is_tunnel_request, request_head, response_bytes,
+                                            response_headers, split_host, where)
 from atlantic.forwarder.stream_relay import relay_stream
 from atlantic.pool.api import ByteStream, Endpoint, Pool, ResponseStream, SplicingResponseStream
-from atlantic.pool.errors import LocalProtocolError
+from atlantic.pool.errors import LocalProtocolError, RemoteProtocolError, UpstreamError
+from atlantic.pool.h1wire import MAX_REQUEST_HEAD, MessageReader, Request, WireError
+from atlantic.pool.h1write import head_bytes, status_line
 
 __all__ = ["HEAD_TIMEOUT_S", "HttpCounters", "NoteError", "serve_http"]
 
@@ -90,18 +82,6 @@ class _Abort(Exception):
 
 class _HeadTimeout(Exception):
     """A request head was not complete within the head timeout (or idled half-way)."""
-
-
-class _SplicedBody:
-    """A body h11 frames but never sees (its ``sendfile`` pattern): only its length."""
-
-    __slots__ = ("length",)
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
 
 
 async def serve_http(
@@ -164,7 +144,7 @@ async def serve_http(
 
 
 class _Flow:
-    """One application connection: an h11 server connection and its AppConn."""
+    """One application connection: its request reader and its AppConn."""
 
     def __init__(self, app, dst, pool, counters, idle_timeout, note_error, head_timeout=HEAD_TIMEOUT_S):
         self.app = app
@@ -176,45 +156,37 @@ class _Flow:
         self.head_timeout = head_timeout
         self.head_deadline: float | None = None  # loop time; set while a head is under way
         self.must_close = False  # close after this response (framing that cannot be trusted)
+        self.keep_alive = True  # the connection may carry another request after this one
         self.method = ""  # of the request being answered ("" before its head)
+        self.http_version = "1.1"  # of the request being answered
+        self.responding = False  # a response head went out for the current request
+        self.waiting_for_continue = False  # Expect: 100-continue not answered yet
         self.to_destination = False
         self.address: str | None = None
         self.origin: Endpoint | None = None
         self.loop = asyncio.get_running_loop()
-        self.conn = h11.Connection(h11.SERVER)
-        self.raw: list[bytes] | None = []  # bytes of the current request until its head parsed
+        self.reader = MessageReader(MAX_REQUEST_HEAD)
         self.body: RequestBody | None = None
 
     async def run(self, first_bytes: bytes) -> str:
         """Serve requests; returns how to close: "graceful", "close" or "reset"."""
-        conn = self.conn
+        reader = self.reader
         if first_bytes:
-            self.feed(first_bytes)
+            reader.receive_data(first_bytes)
         while True:
             try:
-                event = await self.next_event()
-            except h11.RemoteProtocolError as exc:
+                request, raw = await self.next_request()
+            except WireError as exc:
                 return await self.reply_bad_request(exc)
             except _HeadTimeout:
                 return await self.reply_head_timeout()
-            if not isinstance(event, h11.Request):
-                return "close"  # ConnectionClosed (or PAUSED, which we never ask for)
-            raw, self.raw = self.raw, None
-            keep_going = await self.handle(event, raw)
-            if not keep_going:
+            if request is None:
+                return "close"  # the application closed between requests
+            keep_going = await self.handle(request, raw)
+            if not keep_going or not self.keep_alive or not reader.body_is_done():
                 return "graceful"
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-                return "graceful"
-            pending = conn.trailing_data[0]
-            self.raw = [pending] if pending else []
             self.method = ""
-            conn.start_next_cycle()
-
-    def feed(self, data: bytes) -> None:
-        """Hand received bytes to h11 (b"" is EOF); keep them while a request head is read."""
-        if self.raw is not None and data:
-            self.raw.append(data)
-        self.conn.receive_data(data)
+            self.responding = self.waiting_for_continue = False
 
     async def recv(self) -> bytes:
         """The application's next bytes (b"" at EOF), bounded by the idle timeout."""
@@ -228,7 +200,7 @@ class _Flow:
         """Bytes of a request head: idle timeout before its first byte, then the head
         deadline (slowloris). _HeadTimeout once a started head runs out of time."""
         loop = self.loop
-        if self.head_deadline is None and self.raw:  # part of a head is here already
+        if self.head_deadline is None and self.reader.pending():  # part of a head is here already
             self.head_deadline = loop.time() + self.head_timeout
         deadline = self.head_deadline
         timeout = self.idle_timeout if deadline is None else min(self.idle_timeout, deadline - loop.time())
@@ -245,37 +217,43 @@ class _Flow:
             self.head_deadline = loop.time() + self.head_timeout
         return data
 
-    async def next_event(self):
-        """The next h11 event (a request head, or the end), reading from the socket as needed."""
-        conn = self.conn
+    async def next_request(self) -> tuple[Request | None, bytes]:
+        """The next request head and the bytes it came in (from its first byte on), reading
+        as needed; (None, b"") once the application closed. Raises WireError."""
+        reader = self.reader
         while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
+            raw = reader.buffered()
+            request = reader.next_request()
+            if request is not None:
                 self.head_deadline = None
-                return event
-            self.feed(await self.recv_head())
+                return request, raw
+            if reader.is_closed:
+                return None, b""
+            reader.receive_data(await self.recv_head())
 
-    async def handle(self, request: h11.Request, raw: list[bytes]) -> bool:
+    async def handle(self, request: Request, raw: bytes) -> bool:
         """Relay one request; False once the connection must close."""
         counters = self.counters
         counters.requests += 1
-        method = self.method = request.method.decode("ascii")
-        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw_items()]
+        method = self.method = request.method
+        self.http_version = request.http_version
+        self.keep_alive = request.keep_alive
+        headers = request.headers
         if is_tunnel_request(method, headers):
-            return await self.tunnel(method, headers, b"".join(raw))
+            return await self.tunnel(method, headers, raw)
         problem = framing_problem(request)
         if problem is not None:
             counters.bad_requests += 1
             await self.reply(bad_request_reply(problem))
             return False
-        if has_both_lengths(request):
+        if request.has_both_lengths:
             # RFC 9112 §6.1: Transfer-Encoding wins; the Content-Length must not travel on
             # (request smuggling), and this connection closes after the response.
             headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
             self.must_close = True
-        length = body_length(request)
+        length = request.body
         try:
-            head = request_head(method, request.target.decode("latin-1"), headers, self.dst, length)
+            head = request_head(method, request.target, headers, self.dst, length)
             if self.origin is not None:
                 head = replace(head, endpoint=self.origin)
             elif self.to_destination:
@@ -288,9 +266,9 @@ class _Flow:
             return False
         if length == 0:
             body = None
-            self.conn.next_event()  # the EndOfMessage h11 already holds: no I/O
         else:
             body = RequestBody(self)
+            self.waiting_for_continue = request.expects_continue
         self.body = body
         try:
             stream = await self.pool.request(head, body)
@@ -320,78 +298,83 @@ class _Flow:
         return True
 
     async def send_response(self, stream: ResponseStream, method: str) -> None:
-        """Stream the response head and body to the application (h11 frames it)."""
-        conn = self.conn
+        """Stream the response head and body to the application."""
         rh = stream.head
         try:
-            if not 200 <= rh.status <= 999:
-                raise h11.LocalProtocolError(f"unexpected status {rh.status}")
-            headers = response_headers(rh, method)
-            if self.must_close:
-                headers.append(("Connection", "close"))  # h11 then closes after the body
-            data = conn.send(
-                h11.Response(
-                    status_code=rh.status,
-                    headers=headers,
-                    reason=rh.reason.encode("latin-1", "replace"),
-                )
-            )
-        except (h11.LocalProtocolError, ValueError) as exc:
+            data, writer, keep_alive = response_bytes(
+                rh.status, rh.reason, response_headers(rh, method), method=method,
+                http_version=self.http_version, keep_alive=self.keep_alive and not self.must_close)
+        except (WireError, ValueError) as exc:
             exc = RemoteProtocolError(f"response head cannot be relayed: {exc}")
             self.upstream_failed(exc)
             await self.reply(error_reply(exc))
             return
-        await self.sendall(data)
+        self.responding = True
+        self.keep_alive = keep_alive
+        self.waiting_for_continue = False
+        can_splice = getattr(stream, "can_splice_body", None)  # a Protocol isinstance costs ~20 us
         if method == "HEAD" or rh.status in _NO_BODY_STATUS:
+            await self.sendall(data)
+            data = b""
             try:
                 await stream.read(1)  # b"": marks the body complete, so the pool reuses its connection
             except Exception:  # noqa: BLE001 - the app has its response; the pool closes that connection
                 pass
-        elif self.app.socket is not None and isinstance(stream, SplicingResponseStream) and stream.can_splice_body():
+        elif (self.app.socket is not None and can_splice is not None and not writer.chunked
+              and writer.length == rh.body_length and can_splice()):
+            await self.sendall(data)
+            data = b""
             await self.splice_body(stream)
+            writer.sent = writer.length
         else:
-            await self.copy_body(stream)
+            data = await self.copy_body(stream, writer, data)
         try:
-            data = conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as exc:  # fewer bytes than Content-Length said
+            data += writer.end()
+        except WireError as exc:  # fewer bytes than Content-Length said
             self.upstream_failed(exc)
             raise _Abort from exc
         if data:
             await self.sendall(data)
 
-    async def copy_body(self, stream: ResponseStream) -> None:
-        """The body through Python, piece by piece, framed by h11."""
-        conn, counters = self.conn, self.counters
+    async def copy_body(self, stream: ResponseStream, writer: BodyWriter, pending: bytes) -> bytes:
+        """The body through Python, piece by piece, framed by ``writer``. Body bytes already
+        received (``read_nowait``) go out in one write with ``pending`` (the head): one
+        send for a small response. Returns what is still unsent, to go with the body's end."""
+        counters = self.counters
+        read_nowait = getattr(stream, "read_nowait", None)
         while True:
-            try:
-                chunk = await stream.read(READ_SIZE)
-            except Exception as exc:  # noqa: BLE001 - mid-body: all we can do is reset
-                self.upstream_failed(exc)
-                raise _Abort from exc
+            chunk = read_nowait() if pending and read_nowait is not None else None
+            if chunk is None:
+                if pending:
+                    await self.sendall(pending)
+                    pending = b""
+                try:
+                    chunk = await stream.read(READ_SIZE)
+                except Exception as exc:  # noqa: BLE001 - mid-body: all we can do is reset
+                    self.upstream_failed(exc)
+                    raise _Abort from exc
             if not chunk:
-                return
+                return pending
             try:
-                pieces = conn.send_with_data_passthrough(h11.Data(data=chunk))
-            except h11.LocalProtocolError as exc:  # more bytes than Content-Length said
+                data = writer.data(chunk)
+            except WireError as exc:  # more bytes than Content-Length said
                 self.upstream_failed(exc)
                 raise _Abort from exc
             counters.bytes_down += len(chunk)
-            await self.sendall(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            if pending:
+                pending += data
+            else:
+                await self.sendall(data)
 
     async def splice_body(self, stream: SplicingResponseStream) -> None:
-        """The body socket to socket (``os.splice``): h11 frames a stand-in it never reads."""
-        body = _SplicedBody(stream.head.body_length)
-        for piece in self.conn.send_with_data_passthrough(h11.Data(data=body)):
-            if piece is not body:
-                await self.sendall(piece)
-                continue
-            try:
-                await stream.splice_body_to(self.app.socket, self.counters)
-            except OSError as exc:  # the application went away
-                raise _Abort from exc
-            except Exception as exc:  # noqa: BLE001 - mid-body: all we can do is reset
-                self.upstream_failed(exc)
-                raise _Abort from exc
+        """The body socket to socket (``os.splice``): a Content-Length body goes as it is."""
+        try:
+            await stream.splice_body_to(self.app.socket, self.counters)
+        except OSError as exc:  # the application went away
+            raise _Abort from exc
+        except Exception as exc:  # noqa: BLE001 - mid-body: all we can do is reset
+            self.upstream_failed(exc)
+            raise _Abort from exc
 
     async def sendall(self, data: bytes) -> None:
         """Write to the application; it going away ends the flow."""
@@ -431,23 +414,20 @@ class _Flow:
         return False
 
     async def reply(self, reply: ErrorReply) -> None:
-        """Send one of our own responses if h11 still lets us start one."""
-        conn = self.conn
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        """Send one of our own responses (it closes the connection) unless one is under way."""
+        if self.responding:
             raise _Abort  # a response is already under way: only a reset tells the app
-        try:
-            data = conn.send(h11.Response(status_code=reply.status, headers=reply.headers(), reason=reply.reason.encode()))
-            if self.method != "HEAD":  # a response to HEAD has no body; its Content-Length still says how long
-                data += conn.send(h11.Data(data=reply.body))
-            data += conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as exc:
-            raise _Abort from exc
+        self.responding = True
+        self.keep_alive = False
+        data = head_bytes(status_line(reply.status, reply.reason), reply.headers())
+        if self.method != "HEAD":  # a response to HEAD has no body; its Content-Length still says how long
+            data += reply.body
         await self.sendall(data)
 
-    async def reply_bad_request(self, exc: h11.RemoteProtocolError) -> str:
-        """400 (or h11's hint) for a malformed request, then close."""
+    async def reply_bad_request(self, exc: WireError) -> str:
+        """400 (or the reader's hint: 431, 501) for a malformed request, then close."""
         self.counters.bad_requests += 1
-        await self.reply(bad_request_reply(str(exc), exc.error_status_hint))
+        await self.reply(bad_request_reply(str(exc), exc.status))
         return "graceful"
 
     async def reply_head_timeout(self) -> str:
@@ -467,7 +447,7 @@ class _Flow:
         if self.note_error is None:
             return
         message = error_reply(exc).body.decode().strip()
-        if not isinstance(exc, (UpstreamError, OSError, h11.LocalProtocolError)):
+        if not isinstance(exc, (UpstreamError, OSError, WireError)):
             message = f"{message} [{type(exc).__name__} at {where(exc)}: {exc}]"
         self.note_error(message, f"request relay: {failure_kind(exc)}")
 

@@ -3,8 +3,9 @@
 Pure core of the request relay (:mod:`.http1`): what the application sent becomes a
 :class:`~atlantic.pool.api.RequestHead` (origin-form target, end-to-end headers, the
 origin named by the Host header), a :class:`~atlantic.pool.api.ResponseHead` becomes
-the headers h11 sends back, and an upstream failure becomes a one-line plain-text
-error response that says who is at fault.
+the response head sent back (framed by h11's rules, written by :mod:`atlantic.pool.h1write`),
+and an upstream failure becomes a one-line plain-text error response that says who is
+at fault.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from atlantic.pool.errors import (
     UpstreamUnreachableError,
 )
 from atlantic.pool.api import Endpoint, Headers, RequestHead, ResponseHead
+from atlantic.pool.h1write import BodyWriter, head_bytes, status_line
 
 __all__ = [
     "HOP_BY_HOP",
@@ -37,6 +39,7 @@ __all__ = [
     "where",
     "is_tunnel_request",
     "request_head",
+    "response_bytes",
     "response_headers",
     "split_host",
 ]
@@ -56,8 +59,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 _NO_BODY_STATUS = frozenset({204, 304})
-# An RFC 3986 reg-name in ASCII: h11 lets obs-text (bytes 0x80-0xff) through in a Host
-# value, and no upstream can carry it (IDNs travel in their xn-- form).
+# An RFC 3986 reg-name in ASCII: HTTP lets obs-text (bytes 0x80-0xff) through in a Host
+# value (so does the parser, as h11 did), and no upstream can carry it (IDNs travel in their xn-- form).
 _HOST_NAME = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=%]{1,255}\Z")
 _PHRASES = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long",
             431: "Request Header Fields Too Large", 501: "Not Implemented"}
@@ -198,10 +201,10 @@ def request_head(
 
 
 def response_headers(head: ResponseHead, request_method: str) -> list[tuple[str, str]]:
-    """Headers for h11 to send: end-to-end only, framing left to h11.
+    """Headers to send: end-to-end only, framing left to :func:`response_bytes`.
 
-    With a body, Content-Length is set from ``body_length`` when known (else h11 picks
-    chunked, or close-delimited for HTTP/1.0 applications). Responses without a body
+    With a body, Content-Length is set from ``body_length`` when known (else chunked, or
+    close-delimited for HTTP/1.0 applications). Responses without a body
     (HEAD, 204, 304) keep the upstream's Content-Length: it describes the GET.
     """
     headers = list(end_to_end(list(head.headers)))
@@ -211,6 +214,34 @@ def response_headers(head: ResponseHead, request_method: str) -> list[tuple[str,
     if head.body_length is not None:
         headers.append(("Content-Length", str(head.body_length)))
     return headers
+
+
+def response_bytes(status: int, reason: str, headers: list[tuple[str, str]], *, method: str,
+                   http_version: str, keep_alive: bool) -> tuple[bytes, BodyWriter, bool]:
+    """A response head as bytes, the writer that frames its body, and whether the
+    connection may carry another request after it; h11's framing rules.
+
+    The body goes with Content-Length if ``headers`` has one, else chunked to an HTTP/1.1
+    client, else until the connection closes; HEAD, 204 and 304 responses have none.
+    ``Connection: close`` is added when the connection ends after this response.
+    Raises :class:`~atlantic.pool.h1wire.WireError` if the head cannot be written.
+    """
+    length = next((v for n, v in headers if n.lower() == "content-length"), None)
+    if status in _NO_BODY_STATUS:
+        writer = BodyWriter(0, chunked=False)
+    elif length is not None:
+        writer = BodyWriter(0 if method == "HEAD" else int(length), chunked=False)
+    elif http_version < "1.1":
+        writer = BodyWriter(0 if method == "HEAD" else None, chunked=False)
+        keep_alive = keep_alive and method == "HEAD"  # else the body ends with the connection
+    else:
+        headers.append(("Transfer-Encoding", "chunked"))
+        writer = BodyWriter(0, chunked=False) if method == "HEAD" else BodyWriter(None, chunked=True)
+    if not keep_alive:
+        headers.append(("Connection", "close"))
+    if not reason.isascii():
+        reason = reason.encode("latin-1", "replace").decode("latin-1")
+    return head_bytes(status_line(status, reason), headers), writer, keep_alive
 
 
 def error_reply(exc: BaseException) -> ErrorReply:

@@ -1,13 +1,15 @@
-"""HTTP/1.1 client connections with h11: requests out, streamed responses in.
+"""HTTP/1.1 client connections: requests out as bytes, streamed responses in.
 
-Async adapter over a :class:`~atlantic.pool.transport.Transport`. One request at a
-time; the response body is pulled from the socket only as the caller reads it. The
-connection goes back to the pool (``on_release(reusable)``) once the body was read to
-the end and both sides allow keep-alive; a partly read response closes it.
+Async adapter over a :class:`~atlantic.pool.transport.Transport`; the wire format is
+:mod:`.h1wire`'s (heads written and parsed directly, no h11 on this path). One request
+at a time; the response body is pulled from the socket only as the caller reads it.
+The connection goes back to the pool (``on_release(reusable)``) once the body was read
+to the end, both sides allow keep-alive and no unasked-for byte followed; a partly read
+response closes it.
 
 A large Content-Length body on a plain TCP connection can instead be spliced to the
 application's socket (``splice_body_to``): the bytes never enter Python, and a fresh
-h11 state machine takes the connection over for the next request.
+reader takes the connection over for the next request.
 """
 
 from __future__ import annotations
@@ -17,15 +19,16 @@ import re
 import socket
 from collections.abc import AsyncIterator, Callable
 
-import h11
 
 from atlantic.pool.api import RequestHead, ResponseHead
+from atlantic.pool.h1wire import MessageReader, WireError
+from atlantic.pool.h1write import BodyWriter, head_bytes, request_line
 from atlantic.pool.errors import LocalProtocolError, RemoteProtocolError, UpstreamError
 from atlantic.pool.splice import ByteCounters, RelayEnd
 from atlantic.pool.transport import Transport
 
 __all__ = ["ConnectionLost", "H1Connection", "H1ResponseStream", "HOP_BY_HOP", "check_host",
-           "check_request", "request_event", "response_head"]
+           "check_request", "request_bytes", "response_head"]
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
                         "te", "trailer", "upgrade", "proxy-authenticate", "proxy-authorization"})
@@ -115,29 +118,9 @@ def response_head(status: int, reason: str, raw: list[tuple[str, str]], *, metho
     return ResponseHead(status, reason, tuple(headers), body, http_version)
 
 
-def request_headers(head: RequestHead, proxy_authorization: str | None) -> list[tuple[bytes, bytes]]:
-    """Headers as sent on HTTP/1.1: Host first, framing from ``body_length``, proxy auth.
-
-    Values are Latin-1 (each character one byte, as h11 parsed them from the application);
-    raises UnicodeEncodeError otherwise (:func:`check_request` says so first, in one line).
-    """
-    out = [(b"Host", head.endpoint.authority.encode("ascii"))]
-    for name, value in head.headers:
-        lname = name.lower()
-        if lname in _FRAMING or lname in HOP_BY_HOP:
-            continue
-        out.append((name.encode("latin-1"), value.encode("latin-1")))
-    if head.body_length is None:
-        out.append((b"Transfer-Encoding", b"chunked"))
-    elif head.body_length or head.method in ("POST", "PUT", "PATCH"):
-        out.append((b"Content-Length", str(head.body_length).encode()))
-    if proxy_authorization is not None:
-        out.append((b"Proxy-Authorization", proxy_authorization.encode("latin-1")))
-    return out
-
-
-def request_event(head: RequestHead, proxy_authorization: str | None, *, absolute_form: bool) -> h11.Request:
-    """The h11 request for ``head``: absolute-form (to a proxy) or origin-form.
+def request_bytes(head: RequestHead, proxy_authorization: str | None, *,
+                  absolute_form: bool) -> tuple[bytes, BodyWriter]:
+    """The request head as bytes, and the writer that frames its body.
 
     Raises :class:`LocalProtocolError`, one line, if it cannot be written as HTTP/1.1.
     """
@@ -146,25 +129,48 @@ def request_event(head: RequestHead, proxy_authorization: str | None, *, absolut
         # OPTIONS * travels to a proxy as the bare authority (RFC 9112 §3.2.4)
         target = f"http://{head.endpoint.authority}" + ("" if target == "*" else target)
     try:
-        return h11.Request(method=head.method.encode("ascii"), target=target.encode("ascii"),
-                           headers=request_headers(head, proxy_authorization))
-    except (h11.LocalProtocolError, UnicodeError) as e:
-        reason = f"{type(e).__name__}: {e}" if isinstance(e, UnicodeError) else str(e)
+        data = head_bytes(request_line(head.method, target),
+                          request_fields(head, proxy_authorization))
+    except WireError as e:
         raise LocalProtocolError(f"cannot write {_shown(head.method)} {_shown(target)} as HTTP/1.1 "
-                                 f"({' '.join(reason.split())[:120]})") from None
+                                 f"({' '.join(str(e).split())[:120]})") from None
+    return data, BodyWriter(head.body_length, chunked=head.body_length is None)
+
+
+def request_fields(head: RequestHead, proxy_authorization: str | None) -> list[tuple[str, str]]:
+    """Headers as sent on HTTP/1.1: Host first, framing from ``body_length``, proxy auth.
+
+    Values are Latin-1 text (one character per byte, as the application sent them);
+    :func:`check_request` has said in one line if one is not.
+    """
+    out = [("Host", head.endpoint.authority)]
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in _FRAMING or lname in HOP_BY_HOP:
+            continue
+        out.append((name, value))
+    if head.body_length is None:
+        out.append(("Transfer-Encoding", "chunked"))
+    elif head.body_length or head.method in ("POST", "PUT", "PATCH"):
+        out.append(("Content-Length", str(head.body_length)))
+    if proxy_authorization is not None:
+        out.append(("Proxy-Authorization", proxy_authorization))
+    return out
 
 
 class H1Connection:
     """One HTTP/1.1 connection (to a proxy, absolute-form, or to the origin for direct)."""
 
-    __slots__ = ("transport", "h11", "absolute_form", "used", "name")
+    __slots__ = ("transport", "reader", "absolute_form", "used", "name", "_keep_alive", "_sent")
 
     def __init__(self, transport: Transport, *, absolute_form: bool, name: str) -> None:
         self.transport = transport
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        self.reader = MessageReader(MAX_HEAD)
         self.absolute_form = absolute_form
         self.used = False
         self.name = name  # redacted, for error messages
+        self._keep_alive = False  # the last response allows another request
+        self._sent = False  # the last request went out whole
 
     def is_peer_closed(self) -> bool:
         """True if this idle connection cannot be reused (peer closed or sent junk)."""
@@ -182,79 +188,82 @@ class H1Connection:
         :class:`RemoteProtocolError`, or :class:`LocalProtocolError` before anything is
         written when ``head`` cannot be written as HTTP/1.1.
         """
-        request = request_event(head, proxy_authorization, absolute_form=self.absolute_form)
+        data, framing = request_bytes(head, proxy_authorization, absolute_form=self.absolute_form)
         w = self.transport
         self.used = True
+        self._sent = self._keep_alive = False
         try:
-            w.write(self.h11.send(request))
-            if body is not None:
+            if body is None:
+                w.write(data + framing.end())
+            else:
+                w.write(data)
                 async for chunk in body:
                     if chunk:
-                        w.write(self.h11.send(h11.Data(data=chunk)))
+                        w.write(framing.data(chunk))
                         await w.drain()
-            w.write(self.h11.send(h11.EndOfMessage()))
+                w.write(framing.end())
             await w.drain()
         except (ConnectionError, OSError) as e:
             # a write fails on a connection the peer closed; nothing of a response came back
             raise ConnectionLost(f"{self.name}: connection closed while sending ({e})",
                                  retryable=True) from None
-        except h11.LocalProtocolError as e:  # the body broke its own framing: the caller's fault
+        except WireError as e:  # the body broke its own framing: the caller's fault
             raise LocalProtocolError(f"cannot send the request body to {self.name}: {e}") from None
-        got_bytes = False
-        while True:
-            event, got = await self.next_event()
-            got_bytes = got_bytes or got
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Response):
-                return response_head(
-                    event.status_code, event.reason.decode("latin-1"),
-                    [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()],
-                    method=head.method, http_version=event.http_version.decode())
-            if isinstance(event, h11.ConnectionClosed):
-                raise ConnectionLost(f"{self.name}: connection closed before the response",
-                                     retryable=not got_bytes)
-            raise RemoteProtocolError(f"{self.name}: unexpected {type(event).__name__}")
-
-    async def next_event(self, read_size: int = 65536) -> tuple[object, bool]:
-        """The next h11 event, reading as needed; and whether any byte arrived meanwhile.
-
-        EOF while a response is due becomes ``h11.ConnectionClosed`` (h11 would call it a
-        protocol error); raises :class:`RemoteProtocolError` for broken HTTP.
-        """
-        got = False
+        self._sent = True
+        reader, method, got_bytes = self.reader, head.method, False
         while True:
             try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as e:
+                response = reader.next_response(method)
+            except WireError as e:
                 raise RemoteProtocolError(f"{self.name} broke HTTP/1.1: {e}") from None
-            if event is not h11.NEED_DATA:
-                return event, got
+            if response is None:
+                data = await self._read(65536)
+                if not data:
+                    raise ConnectionLost(f"{self.name}: connection closed before the response",
+                                         retryable=not got_bytes)
+                got_bytes = True
+                reader.receive_data(data)
+                continue
+            if response.status < 200:
+                continue
+            self._keep_alive = response.keep_alive
+            return ResponseHead(response.status, response.reason,
+                                tuple([(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]),
+                                response.body, response.http_version)
+
+    async def _read(self, read_size: int) -> bytes:
+        try:
+            return await self.transport.read(read_size)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def read_body(self, read_size: int = 65536) -> bytes:
+        """The next piece of the response body, reading as needed; ``b""`` at its end.
+
+        Raises :class:`RemoteProtocolError` for broken framing or an EOF mid-body.
+        """
+        reader = self.reader
+        while True:
             try:
-                data = await self.transport.read(read_size)
-            except (ConnectionError, OSError):
-                data = b""
-            if not data and self.h11.their_state is h11.SEND_RESPONSE:
-                return h11.ConnectionClosed(), got  # h11 would call this a protocol error
-            got = got or bool(data)
-            self.h11.receive_data(data)
+                data = reader.next_body()
+            except WireError as e:
+                if reader.is_closed:
+                    raise RemoteProtocolError(f"{self.name} closed the connection mid-body") from None
+                raise RemoteProtocolError(f"{self.name} broke HTTP/1.1: {e}") from None
+            if data is not None:
+                return data
+            reader.receive_data(await self._read(read_size))
 
     def can_reuse(self) -> bool:
-        """After a complete exchange: may the next request go here? (starts the next cycle)."""
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-            self.h11.start_next_cycle()
-            return not self.transport.is_closing()
-        return False
+        """After a complete exchange: may the next request go here?"""
+        return (self._sent and self._keep_alive and self.reader.body_is_done() and not self.reader.buffered()
+                and not self.transport.is_closing())
 
     def restart_after_splice(self) -> bool:
-        """After a body went around h11 (spliced): make the connection ready for the next
-        request, if it may carry one; True if so.
-
-        h11 still waits for that body, so a fresh h11 connection takes over. Our state
-        is DONE unless either side's head disabled keep-alive (then MUST_CLOSE).
-        """
-        if self.h11.our_state is h11.DONE and not self.transport.is_closing():
-            self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
+        """After a body went around the reader (spliced): make the connection ready for the
+        next request, if it may carry one; True if so (a fresh reader takes over)."""
+        if self._sent and self._keep_alive and not self.transport.is_closing():
+            self.reader = MessageReader(MAX_HEAD)
             return True
         return False
 
@@ -279,21 +288,33 @@ class H1ResponseStream:
             return b""
         self._started = True
         try:
-            event, _ = await self._conn.next_event(max(max_bytes, 16384))
+            data = await self._conn.read_body(max(max_bytes, 16384))
         except BaseException:
             self._release(False)
             raise
-        if isinstance(event, h11.Data):
-            data = event.data
-            return data if type(data) is bytes else bytes(data)
-        if isinstance(event, h11.EndOfMessage):
-            self._done = True
-            self._release(self._conn.can_reuse())
+        if data:
+            return data
+        self._done = True
+        self._release(self._conn.can_reuse())
+        return b""
+
+    def read_nowait(self) -> bytes | None:
+        """Body bytes already received, without I/O: ``b""`` once complete (the connection is
+        then released), None if none are here yet or the framing is broken (``read`` says how)."""
+        if self._done:
             return b""
-        self._release(False)
-        if isinstance(event, h11.ConnectionClosed):
-            raise RemoteProtocolError(f"{self._conn.name} closed the connection mid-body")
-        raise RemoteProtocolError(f"{self._conn.name}: unexpected {type(event).__name__} in body")
+        try:
+            data = self._conn.reader.next_body()
+        except WireError:
+            return None
+        if data is None:
+            return None
+        self._started = True
+        if data:
+            return data
+        self._done = True
+        self._release(self._conn.can_reuse())
+        return b""
 
     def can_splice_body(self) -> bool:
         """True if ``splice_body_to`` can carry this body: a large Content-Length body,
@@ -311,7 +332,7 @@ class H1ResponseStream:
         """
         conn, length = self._conn, self.head.body_length
         self._started = True
-        held = conn.h11.trailing_data[0]  # body bytes h11 received with the head
+        held = conn.reader.buffered()  # body bytes received with the head
         try:
             result = await conn.transport.splice_to(sock, length - min(len(held), length),
                                                     first=held[:length], counters=counters)
@@ -332,10 +353,10 @@ class H1ResponseStream:
         if not self._done and not self._released:
             # an empty body (HEAD, 204, Content-Length: 0) needs no read to be complete
             try:
-                event = self._conn.h11.next_event()
-            except h11.RemoteProtocolError:
-                event = None
-            if isinstance(event, h11.EndOfMessage):
+                data = self._conn.reader.next_body()
+            except WireError:
+                data = None
+            if data == b"":
                 self._done = True
                 self._release(self._conn.can_reuse())
         self._release(False)

@@ -2,7 +2,7 @@
 
 Every request enqueues a waiter, one synchronous assignment pass places it (reuse the
 most recently used connection, else open one under the per-key limit, else wait), and
-the request goes out on that connection: HTTP/1.1 keep-alive (h11) to a proxy or origin,
+the request goes out on that connection: HTTP/1.1 keep-alive (pool/h1wire.py) to a proxy or origin,
 or a stream on an HTTP/2 proxy connection (h2). ``https`` requests go on pooled TLS
 connections to the origin inside a tunnel (:mod:`.origin_tls`), h1 or h2 as the origin's
 ALPN says, keyed per (proxy key, origin). Tunnels ride CONNECT streams (h2) or

@@ -24,7 +24,7 @@ PURE = [
     "interceptor/nat6.py", "interceptor/policy.py",
     "dns/message.py", "dns/fakeip.py", "dns/stubquery.py",
     "pool/plan.py", "pool/connect.py", "pool/upstream.py", "pool/errors.py",
-    "pool/keepalive.py", "pool/counters.py", "pool/proxyurl.py",
+    "pool/keepalive.py", "pool/counters.py", "pool/proxyurl.py", "pool/h1wire.py", "pool/h1write.py",
     "health/leaks.py", "health/state.py", "health/signals.py", "health/leakwatch.py",
     "system/netchange.py", "system/uncovered.py",
     "forwarder/intercept.py", "forwarder/h2serve_core.py",
