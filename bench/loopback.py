@@ -1,5 +1,6 @@
 """Helpers the loopback profiles share (bench/profile_conn.py, bench/profile_h2.py): a free
-port, waiting for a peer process to listen, and a cProfile table as text."""
+port, waiting for a peer process to listen, a cProfile table as text, and an HTTP/2 proxy
+(nghttpx ``--http2-proxy``, TLS with ALPN h2, a private CA) in front of a loopback backend."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pstats
 import socket
 import subprocess
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -39,3 +43,37 @@ def profile_text(prof: cProfile.Profile, sort: str, top: int) -> str:
     lines = out.getvalue().splitlines()
     start = next((i for i, line in enumerate(lines) if "function calls" in line), 0)
     return "\n".join(line.rstrip() for line in lines[start:] if line.strip()) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class H2Proxy:
+    """A running nghttpx: its port, the CA that signed its certificate for ``localhost``
+    (pass ``ca_file=ca``, ``addresses={"localhost": "127.0.0.1"}`` to the pool), its version."""
+
+    port: int
+    ca: Path
+    version: str
+
+
+def start_nghttpx(tmp: Path, backend_port: int, spawn: Callable[[list[str]], subprocess.Popen]) -> H2Proxy:
+    """``nghttpx --http2-proxy --single-process`` on a free loopback port (TLS, ALPN h2, a CA
+    and certificate made in ``tmp``) forwarding to the HTTP/1.1 proxy at 127.0.0.1:``backend_port``.
+
+    ``spawn(argv)`` starts the process (the caller keeps it, to kill it by PID); returns once
+    nghttpx accepts. Windows of 16 MiB both ways, 256 backend connections.
+    """
+    from atlantic.lab.pki import make_ca, make_server_cert
+
+    ca = make_ca(tmp)
+    crt, key = make_server_cert(tmp, "proxy", "localhost", "127.0.0.1")
+    port = free_port()
+    proc = spawn([
+        "nghttpx", "--conf=/dev/null", "--http2-proxy", "--single-process", "--no-ocsp",
+        f"--frontend=127.0.0.1,{port}", f"--backend=127.0.0.1,{backend_port}",
+        f"--errorlog-file={tmp / 'nghttpx.log'}", "--no-via",
+        "--frontend-http2-window-size=16M", "--frontend-http2-connection-window-size=16M",
+        "--backend-connections-per-host=256", str(key), str(crt)])
+    wait_tcp(port, proc)
+    version = subprocess.run(["nghttpx", "--version"], capture_output=True, text=True,
+                             timeout=10, check=False).stdout.strip()
+    return H2Proxy(port, ca, version)

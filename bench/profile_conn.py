@@ -1,7 +1,7 @@
 """CPU and latency of a new application connection through the forwarder and the pool.
 
 Usage: .venv/bin/python bench/profile_conn.py [--label after] [--count 2000] [--repeats 3]
-       [--code DIR] [--no-profile]
+       [--code DIR] [--no-profile] [--upstream squid|h2]
 
 Loopback only, no namespaces. In a temporary directory: an origin child process (this
 script, ``--origin``: HTTP/1.1 keep-alive, every answer a 100-byte body) and a private
@@ -12,6 +12,11 @@ every accepted peer port to the origin, over a real ``UpstreamPool`` to Squid. S
 ``getrusage(RUSAGE_SELF)`` is the daemon side's own CPU (sniffing, the h11 relay, the
 pool, the HTTP/1.1 connection to the proxy).
 
+``--upstream h2``: the proxy is nghttpx ``--http2-proxy`` instead (TLS, ALPN h2, a private
+CA; ``loopback.start_nghttpx``, as bench/profile_h2.py runs it) with the origin child as its
+backend, so every request is a stream on the pool's one HTTP/2 connection (TLS included in
+the daemon's CPU).
+
 The applications run in a client child process (``--client``), so their CPU is not
 counted. Workloads, as an application uses Atlantic:
 
@@ -20,7 +25,7 @@ counted. Workloads, as an application uses Atlantic:
 - ``warm``: ``--count`` GETs on one keep-alive connection through the dispatcher (what a
   request costs once its connection exists: ``conns`` minus ``warm`` is the connection);
 - ``squid``: ``--count`` new connections straight to Squid (absolute-form), no Atlantic:
-  the floor the peers set.
+  the floor the peers set (``direct`` with ``--upstream h2``: straight to the origin).
 
 Each trial: p50/p90 of the client's time per request (connect to the last body byte),
 requests (or connections) per second, daemon CPU per request. ``--repeats`` rounds,
@@ -52,12 +57,12 @@ import threading
 import time
 from pathlib import Path
 
-from loopback import free_port, profile_text, wait_tcp
+from loopback import free_port, profile_text, start_nghttpx, wait_tcp
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "profile-conn-20261201"
 BODY = b"x" * 99 + b"\n"  # 100 bytes
-WORKLOADS = ("conns", "warm", "squid")
+WORKLOADS = {"squid": ("conns", "warm", "squid"), "h2": ("conns", "warm", "direct")}
 SQUID_NAME = "atlprofconn"  # Squid's -n: its shm names apart from any other Squid
 
 
@@ -162,9 +167,10 @@ server_persistent_connections on
 
 
 class Peers:
-    """The origin child and a private Squid, started in ``tmp``; ``close()`` kills both by PID."""
+    """The origin child and the proxy (a private Squid, or nghttpx in front of the origin
+    for ``upstream="h2"``), started in ``tmp``; ``close()`` kills them by PID."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, upstream: str = "squid") -> None:
         self.procs: list[subprocess.Popen] = []
         port_file = tmp / "origin.port"
         origin = self._spawn([sys.executable, __file__, "--origin", str(port_file)])
@@ -174,7 +180,18 @@ class Peers:
                 raise RuntimeError("the origin did not start")
             time.sleep(0.02)
         self.origin_port = int(port_file.read_text())
+        self.upstream = upstream
+        self.ca: str | None = None
+        self.addresses: dict[str, str] = {}
+        if upstream == "h2":
+            proxy = start_nghttpx(tmp, self.origin_port, self._spawn)
+            self.url = f"https://localhost:{proxy.port}"
+            self.ca, self.addresses = str(proxy.ca), {"localhost": "127.0.0.1"}
+            self.floor_port, self.version = self.origin_port, proxy.version.splitlines()[0]
+            return
         self.squid_port = free_port()
+        self.url = f"http://127.0.0.1:{self.squid_port}"
+        self.floor_port = self.squid_port
         squid_dir = tmp / "squid"
         squid_dir.mkdir()
         (squid_dir / "squid.conf").write_text(SQUID_CONF.format(port=self.squid_port, dir=squid_dir))
@@ -218,7 +235,7 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 class Daemon:
-    """A Dispatcher over an UpstreamPool to the Squid of ``peers``, on a loopback listener."""
+    """A Dispatcher over an UpstreamPool to the proxy of ``peers``, on a loopback listener."""
 
     def __init__(self, peers: Peers) -> None:
         self.peers = peers
@@ -228,12 +245,12 @@ class Daemon:
         from atlantic.pool.pool import UpstreamPool
         from atlantic.pool.upstream import parse_upstream
 
-        url = f"http://127.0.0.1:{self.peers.squid_port}"
+        url = self.peers.url
         origin = ("127.0.0.1", self.peers.origin_port)
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=1024)
         self.listener.setblocking(False)
         self.port = self.listener.getsockname()[1]
-        self.pool = UpstreamPool(url, warm_tunnels=0)
+        self.pool = UpstreamPool(url, warm_tunnels=0, ca_file=self.peers.ca, addresses=self.peers.addresses)
         await self.pool.start()
         self.dispatcher = Dispatcher(parse_upstream(url), lambda nat_port: (("127.0.0.1", nat_port), origin),
                                      self.pool, idle_timeout=120.0)
@@ -247,7 +264,7 @@ class Daemon:
 
     async def trial(self, workload: str, count: int, profile: cProfile.Profile | None = None) -> dict:
         """One client run of ``workload``; the daemon's CPU meanwhile."""
-        port = self.peers.squid_port if workload == "squid" else self.port
+        port = self.peers.floor_port if workload in ("squid", "direct") else self.port
         argv = [sys.executable, __file__, "--client", workload, str(port), str(self.peers.origin_port), str(count)]
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         if profile is not None:
@@ -272,18 +289,19 @@ class Daemon:
 
 
 async def _run(peers: Peers, count: int, repeats: int, profile: bool) -> dict:
+    workloads = WORKLOADS[peers.upstream]
     async with Daemon(peers) as daemon:
-        for workload in WORKLOADS:  # warm-up: pool and Squid connections up, code paths hot
+        for workload in workloads:  # warm-up: pool and Squid connections up, code paths hot
             await daemon.trial(workload, 100)
         trials = []
         for _ in range(repeats):
-            for workload in WORKLOADS:
+            for workload in workloads:
                 t = await daemon.trial(workload, count)
                 trials.append(t)
                 print(f"  {workload:<6} {t['per_s']:7.0f}/s  p50 {t['p50_ms']:.3f} ms  p90 {t['p90_ms']:.3f} ms  "
                       f"daemon CPU {t['cpu_us_per_req']:.0f} us/req (sys {t['sys_us_per_req']:.0f})", flush=True)
         summary = {}
-        for workload in WORKLOADS:
+        for workload in workloads:
             sel = [t for t in trials if t["workload"] == workload]
             summary[workload] = {k: statistics.median(t[k] for t in sel)
                                  for k in ("per_s", "p50_ms", "p90_ms", "cpu_us_per_req", "sys_us_per_req")}
@@ -297,17 +315,21 @@ async def _run(peers: Peers, count: int, repeats: int, profile: bool) -> dict:
                                   "tottime": profile_text(prof, "tottime", 30),
                                   "per_s_under_profile": t["per_s"]}}
         pool = daemon.pool.counters()
-        reuse = {k: pool.get(k) for k in ("requests", "reused", "connections_opened")}
+        reuse = {k: pool.get(k) for k in ("requests", "reused", "connections_opened", "h2_streams")}
     return {"summary": summary, "trials": trials, "profiles": profiles, "pool": reuse}
 
 
 # -- result files --------------------------------------------------------------------------
 
 def _write_text(doc: dict) -> str:
+    if doc.get("upstream", "squid") == "h2":
+        proxy, floor = "nghttpx --http2-proxy (TLS, ALPN h2) in front of the origin", "direct: new connections straight to the origin"
+    else:
+        proxy, floor = "a private Squid", "squid: new connections straight to Squid"
     lines = [(f"profile_conn: {doc['count']} requests per trial through a Dispatcher + UpstreamPool "
-              "to a private Squid on loopback, 100-byte origin body"),
-             ("conns: one GET per new connection; warm: GETs on one keep-alive connection; squid: new "
-              "connections straight to Squid (no Atlantic)"),
+              f"to {proxy} on loopback, 100-byte origin body"),
+             ("conns: one GET per new connection; warm: GETs on one keep-alive connection; "
+              f"{floor} (no Atlantic)"),
              ("daemon CPU = getrusage(RUSAGE_SELF) user+sys of the dispatcher's process per request; "
               "medians of the timed runs (best in brackets)"), ""]
     lines.append(f"{'label':<10} {'workload':<8} {'req/s':>7} {'(best)':>7} {'p50 ms':>7} {'p90 ms':>7} "
@@ -340,6 +362,8 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true", help="timed runs only")
     parser.add_argument("--no-save", action="store_true", help="print only, write no result file")
     parser.add_argument("--stem", default=STEM, help=f"result file name without suffix (default {STEM})")
+    parser.add_argument("--upstream", choices=("squid", "h2"), default="squid",
+                        help="the proxy: Squid (HTTP/1.1) or nghttpx (HTTP/2 over TLS)")
     parser.add_argument("--origin", help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -356,7 +380,7 @@ def main() -> None:
 
     code = str(Path(atlantic.forwarder.dispatch.__file__).resolve().parent.parent)
     with tempfile.TemporaryDirectory(prefix="profile-conn-") as tmp:
-        peers = Peers(Path(tmp))
+        peers = Peers(Path(tmp), args.upstream)
         try:
             result = asyncio.run(_run(peers, args.count, args.repeats, not args.no_profile))
         finally:
@@ -366,7 +390,9 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     jpath = RESULTS / f"{args.stem}.json"
     doc = json.loads(jpath.read_text()) if jpath.exists() else {}
-    doc.update({"bench": "profile_conn", "count": args.count, "repeats": args.repeats})
+    if doc and doc.get("upstream", "squid") != args.upstream:
+        raise SystemExit(f"{jpath.name} holds --upstream {doc.get('upstream', 'squid')} runs: pass another --stem")
+    doc.update({"bench": "profile_conn", "count": args.count, "repeats": args.repeats, "upstream": args.upstream})
     doc.setdefault("runs", {})[args.label] = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(), "cpus": os.cpu_count(),
         "python": platform.python_version(), "peer": peers.version, "code": code, "note": args.note,

@@ -43,7 +43,7 @@ import threading
 import time
 from pathlib import Path
 
-from loopback import free_port, profile_text, wait_tcp
+from loopback import profile_text, start_nghttpx
 
 MIB = 1 << 20
 MB = 1_000_000
@@ -111,11 +111,7 @@ class Peers:
     """The backend child and nghttpx, started in ``tmp``; ``close()`` kills both by PID."""
 
     def __init__(self, tmp: Path) -> None:
-        from atlantic.lab.pki import make_ca, make_server_cert
-
         self.procs: list[subprocess.Popen] = []
-        self.ca = make_ca(tmp)
-        crt, key = make_server_cert(tmp, "proxy", "localhost", "127.0.0.1")
         port_file = tmp / "backend.port"
         backend = self._spawn([sys.executable, __file__, "--backend", str(port_file)])
         deadline = time.monotonic() + 10
@@ -123,17 +119,8 @@ class Peers:
             if time.monotonic() > deadline or backend.poll() is not None:
                 raise RuntimeError("the backend did not start")
             time.sleep(0.02)
-        backend_port = int(port_file.read_text())
-        self.port = free_port()
-        nghttpx = self._spawn([
-            "nghttpx", "--conf=/dev/null", "--http2-proxy", "--single-process", "--no-ocsp",
-            f"--frontend=127.0.0.1,{self.port}", f"--backend=127.0.0.1,{backend_port}",
-            f"--errorlog-file={tmp / 'nghttpx.log'}", "--no-via",
-            "--frontend-http2-window-size=16M", "--frontend-http2-connection-window-size=16M",
-            "--backend-connections-per-host=256", str(key), str(crt)])
-        wait_tcp(self.port, nghttpx)
-        self.version = subprocess.run(["nghttpx", "--version"], capture_output=True, text=True,
-                                      timeout=10, check=False).stdout.strip()
+        proxy = start_nghttpx(tmp, int(port_file.read_text()), self._spawn)
+        self.port, self.ca, self.version = proxy.port, proxy.ca, proxy.version
 
     def _spawn(self, argv: list[str]) -> subprocess.Popen:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

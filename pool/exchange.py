@@ -61,6 +61,11 @@ class H2ResponseStream:
         """The next piece of the body; ``b""`` at END_STREAM."""
         return await self._stream.read(max_bytes)
 
+    def read_nowait(self, max_bytes: int = 262144) -> bytes | None:
+        """What ``read`` would return at once, or None: the relay then sends a small
+        response's head and body to the application in one write."""
+        return self._stream.read_nowait(max_bytes)
+
     async def aclose(self) -> None:
         """Finish the stream (RST_STREAM if the body was not read to the end)."""
         await self._stream.aclose()

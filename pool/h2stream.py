@@ -95,14 +95,27 @@ class H2Stream:
         """Received data, up to ``max_bytes`` (as many DATA frames as fit, so one read and
         one acknowledgement per buffer, not per 16 KB frame), acknowledged to the peer as
         it is consumed; ``b""`` at END_STREAM."""
-        chunks = self._chunks
-        while not chunks:
+        while not self._chunks:
             if self.error is not None:
                 raise self.error
             if self.ended:
                 return b""
             self._wake.clear()
             await self._wake.wait()
+        return self._take(max_bytes)
+
+    def read_nowait(self, max_bytes: int = 262144) -> bytes | None:
+        """What :meth:`read` would return at once, without waiting: received data, ``b""``
+        at END_STREAM; None if nothing is here yet or the stream failed (``read`` raises).
+        Lets the relay send a small response's head and body in one write."""
+        if self._chunks:
+            return self._take(max_bytes)
+        if self.error is None and self.ended:
+            return b""
+        return None
+
+    def _take(self, max_bytes: int) -> bytes:
+        chunks = self._chunks
         pieces = []
         size = ack = 0
         while chunks and size < max_bytes:

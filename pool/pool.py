@@ -328,8 +328,11 @@ class UpstreamPool:
         self._futs[waiter] = fut
         self._assign()
         try:
-            async with asyncio.timeout(self.queue_timeout + self.connect_timeout):
-                rec = await asyncio.shield(fut)
+            if fut.done() and fut.exception() is None:
+                rec = fut.result()  # placed at once (a stream on a live h2 connection): no timer to arm
+            else:
+                async with asyncio.timeout(self.queue_timeout + self.connect_timeout):
+                    rec = await asyncio.shield(fut)
         except BaseException as e:
             self._futs.pop(waiter, None)
             if fut.done() and not fut.cancelled() and fut.exception() is None:
