@@ -144,3 +144,15 @@ def test_main_merges_orders_and_seeds(tmp_path):
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert merged["meta"]["seed"] == "5, 6" and merged["order"] == [cell, cell]
     assert "(seed 5, 6)" in (tmp_path / "merged.md").read_text()
+
+
+def test_a_failed_run_is_listed_and_left_out_of_the_medians():
+    """A peer's run that raised is recorded with its reason: the medians use the other runs,
+    the report lists the failure, the progress line says FAILED."""
+    res = results()
+    res["40"]["small"]["sing-box"] = [{"failed": "RuntimeError: server closed the connection"},
+                                      {"p50": 120.0, "p95": 130.0, "p99": 140.0, "per_s": 8.0}]
+    assert report.median_best(res, "40", report.Metric("small", "p50", ""), "sing-box") == (120.0, 120.0)
+    text = report.markdown(res, META)
+    assert "Failed runs (left out of the medians): small sing-box run 1: RuntimeError: server closed" in text
+    assert report.brief("small", res["40"]["small"]["sing-box"][0]).startswith("FAILED: RuntimeError")
