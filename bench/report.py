@@ -105,8 +105,8 @@ def _fmt(value: float, digits: int) -> str:
 
 def brief(workload: str, out: dict) -> str:
     """One progress line for a finished workload run."""
-    if "failed" in out:
-        return f"FAILED: {out['failed']}"
+    if "run_failed" in out:
+        return f"FAILED: {out['run_failed']}"
     shown = [m for m in METRICS if m.workload == workload and _get(out, m.key) is not None][:3]
     return ", ".join(f"{m.key} {_fmt(_get(out, m.key), m.digits)}" for m in shown)
 
@@ -154,8 +154,8 @@ def markdown(results: dict, meta: dict) -> str:
         skipped = [f"{w}: {runs['skipped']}" for w, runs in by_workload.items() if "skipped" in runs]
         if skipped:
             lines += ["", "Skipped: " + "; ".join(skipped)]
-        failed = [f"{w} {peer} run {i}: {run['failed']}" for w, runs in by_workload.items() if "skipped" not in runs
-                  for peer, peer_runs in runs.items() for i, run in enumerate(peer_runs, 1) if "failed" in run]
+        failed = [f"{w} {peer} run {i}: {run['run_failed']}" for w, runs in by_workload.items() if "skipped" not in runs
+                  for peer, peer_runs in runs.items() for i, run in enumerate(peer_runs, 1) if "run_failed" in run]
         if failed:
             lines += ["", "Failed runs (left out of the medians): " + "; ".join(failed)]
         if waited := idle_waits(results, rtt):

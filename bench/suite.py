@@ -415,7 +415,7 @@ def run_suite(args, results: dict, save, order: list | None = None) -> None:
                         with running(env, peer) as r:
                             out = fn(env, r, args)
                     except Exception as exc:  # noqa: BLE001 - one peer's failed run is a result, not the end
-                        out = {"failed": f"{type(exc).__name__}: {' '.join(str(exc).split())[-300:]}"}
+                        out = {"run_failed": f"{type(exc).__name__}: {' '.join(str(exc).split())[-300:]}"}
                     out.update(idle, position=len(cell["peers"]))
                     by_workload.setdefault(name, {}).setdefault(peer.name, []).append(out)
                     save()

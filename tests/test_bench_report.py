@@ -150,9 +150,17 @@ def test_a_failed_run_is_listed_and_left_out_of_the_medians():
     """A peer's run that raised is recorded with its reason: the medians use the other runs,
     the report lists the failure, the progress line says FAILED."""
     res = results()
-    res["40"]["small"]["sing-box"] = [{"failed": "RuntimeError: server closed the connection"},
+    res["40"]["small"]["sing-box"] = [{"run_failed": "RuntimeError: server closed the connection"},
                                       {"p50": 120.0, "p95": 130.0, "p99": 140.0, "per_s": 8.0}]
     assert report.median_best(res, "40", report.Metric("small", "p50", ""), "sing-box") == (120.0, 120.0)
     text = report.markdown(res, META)
     assert "Failed runs (left out of the medians): small sing-box run 1: RuntimeError: server closed" in text
     assert report.brief("small", res["40"]["small"]["sing-box"][0]).startswith("FAILED: RuntimeError")
+
+
+def test_a_burst_run_with_its_failed_count_is_not_a_failed_run():
+    """The burst workload's own ``failed`` count (flows) is a metric, never a failed run."""
+    res = results()
+    res["40"]["burst"] = {"atlantic h1": [{"ok": 1000, "failed": 0, "p50_s": 1.0, "slowest_s": 2.0}]}
+    text = report.markdown(res, META)
+    assert "Failed runs" not in text and "| burst: flows failed | - | - | - | 0 (0) |" in text
