@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import subprocess
 from dataclasses import dataclass
 
+from atlantic.system import nft
+
 TABLE = "atlantic"
-NFT_TIMEOUT_S = 10.0
 BLOCKED_COMMENT = "atlantic: blocked"
 DNS_COMMENT = "atlantic: dns blocked"  # DNS trying to leave a physical interface (counted apart)
 
@@ -168,38 +168,19 @@ def render_removal() -> str:
     return f"add table inet {TABLE}\ndelete table inet {TABLE}\n"
 
 
-def _nft(args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(
-            ["nft", *args], input=script, capture_output=True, text=True, timeout=NFT_TIMEOUT_S, check=False
-        )
-    except FileNotFoundError:
-        raise KillSwitchError("nft is not installed: install the nftables package") from None
-    except subprocess.TimeoutExpired:
-        raise KillSwitchError(f"nft did not answer within {NFT_TIMEOUT_S:g} s") from None
-
-
-def _first_line(text: str) -> str:
-    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "no message")
-
-
 def apply(cfg: KillSwitchConfig) -> None:
     """Install the kill switch in the calling thread's network namespace (atomic; safe twice)."""
-    r = _nft(["-f", "-"], render_ruleset(cfg))
-    if r.returncode != 0:
-        raise KillSwitchError(f"nft refused the kill switch ruleset: {_first_line(r.stderr)}")
+    nft.apply_script(render_ruleset(cfg), KillSwitchError, "nft refused the kill switch ruleset")
 
 
 def remove() -> None:
     """Delete the ``inet atlantic`` table; nothing happens when it is absent."""
-    r = _nft(["-f", "-"], render_removal())
-    if r.returncode != 0:
-        raise KillSwitchError(f"nft could not remove the kill switch: {_first_line(r.stderr)}")
+    nft.apply_script(render_removal(), KillSwitchError, "nft could not remove the kill switch")
 
 
 def is_active() -> bool:
     """True while the ``inet atlantic`` table exists."""
-    return _nft(["list", "table", "inet", TABLE]).returncode == 0
+    return nft.has_table("inet", TABLE, KillSwitchError)
 
 
 def parse_counters(listing: dict) -> dict[str, int]:
@@ -222,7 +203,7 @@ def parse_counters(listing: dict) -> dict[str, int]:
 
 def counters() -> dict[str, int] | None:
     """What the kill switch has blocked so far, or None when it is not installed."""
-    r = _nft(["-j", "list", "table", "inet", TABLE])
+    r = nft.run(["-j", "list", "table", "inet", TABLE], None, KillSwitchError)
     if r.returncode != 0:
         return None
     try:

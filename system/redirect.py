@@ -27,11 +27,11 @@ closed); ``atlantic down`` or the next start replaces it.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 
+from atlantic.system import nft
+
 TABLE = "atlantic_redirect"
-NFT_TIMEOUT_S = 10.0
 COMMENT = "atlantic: tcp to listener"
 
 
@@ -82,38 +82,19 @@ def render_removal() -> str:
     return f"add table inet {TABLE}\ndelete table inet {TABLE}\n"
 
 
-def _nft(args: list[str], script: str | None = None) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(
-            ["nft", *args], input=script, capture_output=True, text=True, timeout=NFT_TIMEOUT_S, check=False
-        )
-    except FileNotFoundError:
-        raise RedirectError("nft is not installed: install the nftables package") from None
-    except subprocess.TimeoutExpired:
-        raise RedirectError(f"nft did not answer within {NFT_TIMEOUT_S:g} s") from None
-
-
-def _first_line(text: str) -> str:
-    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "no message")
-
-
 def apply(cfg: RedirectConfig) -> None:
     """Install the redirect in the calling thread's network namespace (atomic; safe twice)."""
-    r = _nft(["-f", "-"], render_redirect(cfg))
-    if r.returncode != 0:
-        raise RedirectError(f"nft refused the TCP redirect table: {_first_line(r.stderr)}")
+    nft.apply_script(render_redirect(cfg), RedirectError, "nft refused the TCP redirect table")
 
 
 def remove() -> None:
     """Delete the table; nothing happens when it is absent."""
-    r = _nft(["-f", "-"], render_removal())
-    if r.returncode != 0:
-        raise RedirectError(f"nft could not remove the TCP redirect table: {_first_line(r.stderr)}")
+    nft.apply_script(render_removal(), RedirectError, "nft could not remove the TCP redirect table")
 
 
 def is_active() -> bool:
     """True while the table exists."""
-    return _nft(["list", "table", "inet", TABLE]).returncode == 0
+    return nft.has_table("inet", TABLE, RedirectError)
 
 
 __all__ = ["RedirectConfig", "RedirectError", "apply", "is_active", "remove", "render_redirect", "render_removal"]
