@@ -52,6 +52,8 @@ METRICS = [
            chart=True),
     Metric("memory", "status_ms.p50", "`status` round trip under 100 streams, p50 (ms)", digits=2, ratio=False),
     Metric("memory", "status_ms.p99", "`status` round trip under 100 streams, p99 (ms)", digits=2, ratio=False),
+    Metric("memory", "status_ms.report_p99", "of which the daemon building the report, p99 (ms)", digits=2,
+           ratio=False),
     Metric("memory", "rss_start_mb", "daemon RSS before 100 streams (MB)", digits=1, ratio=False),
     Metric("memory", "rss_peak_mb", "daemon RSS peak, 100 x 100 MB at once (MB)", digits=1, ratio=False,
            chart=True),

@@ -173,12 +173,15 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 class StatusSampler(threading.Thread):
-    """Asks the daemon for `status` every 20 ms until stopped; keeps the round trips (ms)."""
+    """Asks the daemon for `status` every 20 ms until stopped; keeps the round trips (ms) and
+    the daemon's own time to build each report (``report_ms``), so a slow round trip can be
+    told apart from a slow report."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(daemon=True)
         self.path = path
         self.rtts: list[float] = []
+        self.report_ms: list[float] = []
         self.errors = 0
         self.done = threading.Event()
 
@@ -186,14 +189,17 @@ class StatusSampler(threading.Thread):
         while not self.done.is_set() and len(self.rtts) + self.errors < limit:
             t0 = time.perf_counter()
             try:
-                request(self.path, "status")
+                reply = request(self.path, "status")
                 self.rtts.append((time.perf_counter() - t0) * 1000)
+                if isinstance(reply.get("report_ms"), (int, float)):
+                    self.report_ms.append(float(reply["report_ms"]))
             except ControlError:
                 self.errors += 1
             self.done.wait(STATUS_EVERY_S)
 
     def summary(self) -> dict:
-        return {**report.percentiles(self.rtts), "n": len(self.rtts), "errors": self.errors}
+        built = {f"report_{k}": v for k, v in report.percentiles(self.report_ms).items()} if self.report_ms else {}
+        return {**report.percentiles(self.rtts), **built, "n": len(self.rtts), "errors": self.errors}
 
     def stop(self) -> dict:
         self.done.set()

@@ -146,3 +146,14 @@ def test_run_suite_waits_before_every_peer_and_records_the_order(monkeypatch):
     assert [e.removeprefix("up ") for e in events[1::2]] == [p for c in order for p in c["peers"]]
     first = results["40"]["w1"][order[0]["peers"][0]][0]
     assert first == {"ms": 1.0, "idle_wait_s": 1.5, "proxy_idle": True, "position": 1}
+
+
+def test_status_sampler_keeps_the_daemons_report_time_apart():
+    """The sampler's summary has the round trips' percentiles and, apart, those of the
+    daemon's own report time (what the daemon spent, not the machine's scheduling)."""
+    sampler = suite.StatusSampler(Path("/nonexistent"))
+    sampler.rtts = [1.0, 2.0, 30.0]
+    sampler.report_ms = [0.2, 0.3, 0.4]
+    got = sampler.summary()
+    assert got["p50"] == 2.0 and got["max"] == 30.0 and got["report_p99"] == 0.4 and got["n"] == 3
+    assert "report_p99" not in suite.StatusSampler(Path("/nonexistent")).summary()
