@@ -11,7 +11,7 @@ import pytest
 
 from atlantic.client.netguard import NetGuard
 from atlantic.lab.throwaway import thread_in_netns
-from atlantic.system import killswitch, routing
+from atlantic.system import killswitch, redirect, routing
 from atlantic.system.netchange import Change, Kind
 
 pytestmark = pytest.mark.lab_local  # root: namespaces, netlink and nftables
@@ -24,8 +24,8 @@ def run(*argv: str) -> None:
 
 
 def test_what_others_remove_is_put_back_and_major_changes_drain(caplog):
-    """Nothing missing: no line. Rules deleted and the nft ruleset flushed: both put back,
-    and the next check finds nothing missing. A major change drains, a minor one only
+    """Nothing missing: no line. Rules deleted and the nft ruleset flushed: the kill switch,
+    the TCP redirect and the rules are put back, and the next check finds nothing missing. A major change drains, a minor one only
     rechecks leaks."""
     calls = []
     with thread_in_netns("atlt-guard-"):
@@ -37,7 +37,9 @@ def test_what_others_remove_is_put_back_and_major_changes_drain(caplog):
         try:
             routing.apply(plan)
             killswitch.apply(ks)
-            guard = NetGuard(plan=plan, killswitch_config=ks, drain=lambda: calls.append("drain"),
+            tcp = redirect.RedirectConfig(tun="atl0", fwmark=MARK, port=40123)
+            redirect.apply(tcp)
+            guard = NetGuard(plan=plan, killswitch_config=ks, redirect_config=tcp, drain=lambda: calls.append("drain"),
                              recheck_leaks=lambda: calls.append("recheck"))
             assert guard.repair() == [] and routing.missing(plan) == []
 
@@ -47,10 +49,12 @@ def test_what_others_remove_is_put_back_and_major_changes_drain(caplog):
             gone = routing.missing(plan)
             assert any(f"ip rule {PRIO}" in g for g in gone) and any("default route" in g for g in gone)
             lines = guard.repair()
-            assert len(lines) == 2, lines
-            assert "kill switch table was removed" in lines[0] and f"ip rule {PRIO}" in lines[1]
-            assert killswitch.is_active() and routing.missing(plan) == [] and guard.repair() == []
-            assert guard.status()["repairs"] == 2
+            assert len(lines) == 3, lines
+            assert "kill switch table was removed" in lines[0] and "TCP redirect table was removed" in lines[1]
+            assert f"ip rule {PRIO}" in lines[2]
+            assert killswitch.is_active() and redirect.is_active()
+            assert routing.missing(plan) == [] and guard.repair() == []
+            assert guard.status()["repairs"] == 3
 
             run("ip", "addr", "add", "192.168.77.1/24", "dev", "atl0p")
             run("ip", "link", "set", "atl0p", "up")
@@ -70,5 +74,6 @@ def test_what_others_remove_is_put_back_and_major_changes_drain(caplog):
             assert calls == ["recheck", "drain", "recheck"]
             assert guard.status()["last_change"].startswith("major network change: new default route")
         finally:
+            redirect.remove()
             killswitch.remove()
             routing.restore(record)
