@@ -25,14 +25,17 @@ def squid_log_lines(lab) -> list[str]:
 
 
 def leftovers(lab) -> dict:
-    """What capture could have left in the client namespace: rules, table routes, the TUN."""
+    """What capture could have left in the client namespace: rules, table routes, the TUN, and
+    Atlantic's nft tables (the kill switch, the TCP redirect)."""
     rules = ns_run(lab.client_ns, ["ip", "rule"], text=True).stdout
+    tables = ns_run(lab.client_ns, ["nft", "list", "tables"], text=True).stdout
     routes = ns_run(lab.client_ns, ["ip", "route", "show", "table", "2026"], text=True).stdout
     links = ns_run(lab.client_ns, ["ip", "-o", "link"], text=True).stdout
     return {
         "rules": [ln for ln in rules.splitlines() if "2026" in ln or "suppress_prefixlength" in ln],
         "routes": routes.strip(),
         "tun": "atl0" in links,
+        "nft": sorted(ln.strip() for ln in tables.splitlines() if "atlantic" in ln),
     }
 
 
@@ -170,7 +173,7 @@ def test_kill_9_fails_closed_and_down_restores(lab):
     finally:
         res = atlantic(lab, "down")
     assert res.returncode == 0, res.stderr
-    assert leftovers(lab) == before == {"rules": [], "routes": "", "tun": False}
+    assert leftovers(lab) == before == {"rules": [], "routes": "", "tun": False, "nft": []}
     again = atlantic(lab, "down")
     assert again.returncode == 0 and "not up" in again.stdout
     direct = curl(lab, f"http://{lab.origin_host}/2mb")
