@@ -1,14 +1,18 @@
 """Helpers the loopback profiles share (bench/profile_conn.py, bench/profile_h2.py): a free
-port, waiting for a peer process to listen, a cProfile table as text, and an HTTP/2 proxy
-(nghttpx ``--http2-proxy``, TLS with ALPN h2, a private CA) in front of a loopback backend."""
+port, the child processes a profile starts (ended by PID), waiting for a peer process to
+listen, a cProfile table as text, and an HTTP/2 proxy (nghttpx ``--http2-proxy``, TLS with
+ALPN h2, a private CA) in front of a loopback backend."""
 
 from __future__ import annotations
 
 import cProfile
 import io
+import os
 import pstats
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +24,45 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Children:
+    """The processes a profile starts: ``spawn`` keeps each; ``close`` ends them newest first,
+    by PID: ``stop_signal``, then SIGKILL after 5 s (Squid wants SIGINT: on SIGTERM it waits
+    for its clients)."""
+
+    def __init__(self, stop_signal: int = signal.SIGTERM) -> None:
+        self.stop_signal = stop_signal
+        self.procs: list[subprocess.Popen] = []
+
+    def spawn(self, argv: list[str]) -> subprocess.Popen:
+        """Start ``argv`` with no terminal I/O and keep it."""
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def serve(self, script: str, flag: str, port_file: Path, timeout: float = 10.0) -> int:
+        """Run ``python script flag port_file`` (a server child that writes its port to the
+        file) and return that port; RuntimeError if it exits or is silent for ``timeout`` s."""
+        child = self.spawn([sys.executable, script, flag, str(port_file)])
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text()):
+            if time.monotonic() > deadline or child.poll() is not None:
+                raise RuntimeError(f"{Path(script).name} {flag} did not start")
+            time.sleep(0.02)
+        return int(port_file.read_text())
+
+    def close(self) -> None:
+        """End every process still running."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.kill(proc.pid, self.stop_signal)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
 
 
 def wait_tcp(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:

@@ -57,7 +57,7 @@ import threading
 import time
 from pathlib import Path
 
-from loopback import free_port, profile_text, start_nghttpx, wait_tcp
+from loopback import Children, free_port, profile_text, start_nghttpx, wait_tcp
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "profile-conn-20261201"
@@ -171,20 +171,13 @@ class Peers:
     for ``upstream="h2"``), started in ``tmp``; ``close()`` kills them by PID."""
 
     def __init__(self, tmp: Path, upstream: str = "squid") -> None:
-        self.procs: list[subprocess.Popen] = []
-        port_file = tmp / "origin.port"
-        origin = self._spawn([sys.executable, __file__, "--origin", str(port_file)])
-        deadline = time.monotonic() + 10
-        while not (port_file.exists() and port_file.read_text()):
-            if time.monotonic() > deadline or origin.poll() is not None:
-                raise RuntimeError("the origin did not start")
-            time.sleep(0.02)
-        self.origin_port = int(port_file.read_text())
+        self.children = Children(signal.SIGINT)  # Squid: SIGTERM waits for its clients
+        self.origin_port = self.children.serve(__file__, "--origin", tmp / "origin.port")
         self.upstream = upstream
         self.ca: str | None = None
         self.addresses: dict[str, str] = {}
         if upstream == "h2":
-            proxy = start_nghttpx(tmp, self.origin_port, self._spawn)
+            proxy = start_nghttpx(tmp, self.origin_port, self.children.spawn)
             self.url = f"https://localhost:{proxy.port}"
             self.ca, self.addresses = str(proxy.ca), {"localhost": "127.0.0.1"}
             self.floor_port, self.version = self.origin_port, proxy.version.splitlines()[0]
@@ -199,26 +192,13 @@ class Peers:
             shutil.chown(tmp, group="proxy")
             os.chmod(tmp, 0o750)
             shutil.chown(squid_dir, "proxy", "proxy")
-        squid = self._spawn(["squid", "-N", "-n", SQUID_NAME, "-f", str(squid_dir / "squid.conf")])
+        squid = self.children.spawn(["squid", "-N", "-n", SQUID_NAME, "-f", str(squid_dir / "squid.conf")])
         wait_tcp(self.squid_port, squid)
         self.version = subprocess.run(["squid", "-v"], capture_output=True, text=True, timeout=10,
                                       check=False).stdout.splitlines()[0].strip()
 
-    def _spawn(self, argv: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        self.procs.append(proc)
-        return proc
-
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGINT)  # Squid: SIGTERM waits for its clients
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+        self.children.close()
 
 
 # -- the daemon side under test ------------------------------------------------------------

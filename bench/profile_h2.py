@@ -33,17 +33,15 @@ import json
 import os
 import platform
 import resource
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from loopback import profile_text, start_nghttpx
+from loopback import Children, profile_text, start_nghttpx
 
 MIB = 1 << 20
 MB = 1_000_000
@@ -111,32 +109,13 @@ class Peers:
     """The backend child and nghttpx, started in ``tmp``; ``close()`` kills both by PID."""
 
     def __init__(self, tmp: Path) -> None:
-        self.procs: list[subprocess.Popen] = []
-        port_file = tmp / "backend.port"
-        backend = self._spawn([sys.executable, __file__, "--backend", str(port_file)])
-        deadline = time.monotonic() + 10
-        while not (port_file.exists() and port_file.read_text()):
-            if time.monotonic() > deadline or backend.poll() is not None:
-                raise RuntimeError("the backend did not start")
-            time.sleep(0.02)
-        proxy = start_nghttpx(tmp, int(port_file.read_text()), self._spawn)
+        self.children = Children()
+        backend_port = self.children.serve(__file__, "--backend", tmp / "backend.port")
+        proxy = start_nghttpx(tmp, backend_port, self.children.spawn)
         self.port, self.ca, self.version = proxy.port, proxy.ca, proxy.version
 
-    def _spawn(self, argv: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        self.procs.append(proc)
-        return proc
-
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+        self.children.close()
 
 
 # -- the paths under test ----------------------------------------------------------------

@@ -16,13 +16,18 @@ CHUNKED_POST = (b"POST /up?x=1 HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: ch
 PIPELINED = CHUNKED_POST + b"GET /next HTTP/1.1\nHost: b\n\n"
 
 
+def feeds(data: bytes, step: int | None) -> list[bytes]:
+    """``data`` whole or in ``step``-byte pieces, then EOF (``b""``)."""
+    pieces = [data] if step is None else [data[i:i + step] for i in range(0, len(data), step)]
+    return [*pieces, b""]
+
+
 def read_requests(data: bytes, step: int | None = None) -> list:
     """Requests and body pieces out of ``data`` fed whole or ``step`` bytes at a time."""
     reader = MessageReader(MAX_REQUEST_HEAD)
     out: list = []
     in_body = False
-    pieces = [data] if step is None else [data[i:i + step] for i in range(0, len(data), step)]
-    for piece in pieces + [b""]:
+    for piece in feeds(data, step):
         reader.receive_data(piece)
         while True:
             if not in_body:
@@ -139,8 +144,7 @@ def read_response(data: bytes, method: str = "GET", step: int | None = None) -> 
     reader = MessageReader(MAX_RESPONSE_HEAD)
     out: list = []
     in_body = False
-    pieces = [data] if step is None else [data[i:i + step] for i in range(0, len(data), step)]
-    for piece in pieces + [b""]:
+    for piece in feeds(data, step):
         reader.receive_data(piece)
         while True:
             got = reader.next_body() if in_body else reader.next_response(method)
