@@ -70,15 +70,17 @@ def run_daemon(cfg: Config, upstream_urls: list[str]) -> None:
     asyncio.run(Daemon(cfg, upstream_urls).run())
 
 
-def _listener(family: int, address: str, port: int) -> socket.socket:
-    """A listening socket on ``address`` (the TUN's, bound before it exists: FREEBIND; or loopback)."""
+def _listener(family: int, address: str, port: int, *, freebind: bool = True) -> socket.socket:
+    """A listening socket on ``address``: the TUN's, bound before it exists (FREEBIND), or
+    loopback (``freebind=False``: a missing ``::1`` must fail the bind, not be assumed)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
-        else:
+            if freebind:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+        elif freebind:
             sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
         sock.bind((address, port))
         sock.listen(LISTEN_BACKLOG)
@@ -277,11 +279,11 @@ class Daemon:
         """The loopback listeners the kernel redirects TCP to, and the redirect that names
         them. IPv6 only when captured and ``::1`` exists (else its TCP stays on the TUN's
         packet NAT, with one line)."""
-        loopback = [_listener(socket.AF_INET, "127.0.0.1", 0)]
+        loopback = [_listener(socket.AF_INET, "127.0.0.1", 0, freebind=False)]
         port = loopback[0].getsockname()[1]
         if self.ipv6 == "captured":
             try:
-                loopback.append(_listener(socket.AF_INET6, "::1", port))
+                loopback.append(_listener(socket.AF_INET6, "::1", port, freebind=False))
             except OSError as exc:
                 log.info("IPv6 TCP goes through the TUN's packet NAT: no loopback listener on [::1]:%d (%s)",
                          port, exc.strerror or exc)
@@ -293,7 +295,7 @@ class Daemon:
                         record: routing.RoutingPlan) -> None:
         for server in servers:
             server.close()
-        if self.redirect is not None or self.cfg.capture.tcp == "redirect":
+        if self.cfg.capture.tcp == "redirect":  # applied or not: removing an absent table is a no-op
             try:  # new flows follow routing to the TUN from here (and fail there once it is gone)
                 await asyncio.to_thread(redirect.remove)
             except redirect.RedirectError as exc:
