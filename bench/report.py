@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PEER_ORDER = ("direct", "squid -x", "ideal", "sing-box", "sing-box mtu 65520", "atlantic h1", "atlantic h2",
-              "atlantic h1, tun", "atlantic h1, no monitor", "atlantic h1, intercept", "atlantic h2, intercept")
+              "atlantic h1, tun", "atlantic h1, forward", "atlantic h1, no monitor", "atlantic h1, intercept", "atlantic h2, intercept")
 # Atlantic's rows in the ratio tables; every other peer (the monitor-off one too) is a column.
-ATLANTIC = ("atlantic h1", "atlantic h2", "atlantic h1, tun", "atlantic h1, intercept", "atlantic h2, intercept")
+ATLANTIC = ("atlantic h1", "atlantic h2", "atlantic h1, tun", "atlantic h1, forward", "atlantic h1, intercept", "atlantic h2, intercept")
 
 
 @dataclass(frozen=True)

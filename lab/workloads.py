@@ -64,14 +64,16 @@ def up_with(lab: LabEnv, conf: Path, env: dict[str, str] | None = None) -> None:
 
 
 def atlantic_up(env: LabEnv, url: str, ca: str | None = None, settle_s: float = 0.5, monitor: bool = True,
-                intercept: tuple[str, ...] = (), ca_dir: Path | None = None, tcp: str = "redirect") -> str | None:
+                intercept: tuple[str, ...] = (), ca_dir: Path | None = None, tcp: str = "redirect",
+                plain_http: str = "tunnel") -> str | None:
     """`atlantic up` in the client namespace with upstream ``url`` (and a CA for https://);
     the health monitor probes the lab's origin, or is off (``monitor=False``).
 
     ``intercept``: names whose HTTPS Atlantic terminates, with a local CA made first in
     ``ca_dir`` (`atlantic ca init`) and the lab's CA trusted for origins; returns the local
     CA's PEM, the one certificate applications must then trust (else None). ``tcp``: how TCP
-    reaches the daemon (``[capture] tcp``: ``redirect``, the default, or ``tun``)."""
+    reaches the daemon (``[capture] tcp``: ``redirect``, the default, or ``tun``). ``plain_http``:
+    ``[pool] plain_http`` (``tunnel``, the default, or ``forward``)."""
     health = (f'[health]\nprobe_url = "http://{env.origin_host}/small"\nexpected_status = 200\n'
               f'echo_url = "http://{env.origin_host}/ip"\n' if monitor else "[health]\nenabled = false\n")
     tls = ""
@@ -82,7 +84,7 @@ def atlantic_up(env: LabEnv, url: str, ca: str | None = None, settle_s: float = 
         tls = f'[tls]\nintercept = [{names}]\nca_dir = "{ca_dir}"\norigin_ca_file = "{env.ca_file}"\n'
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:  # 0600: the URL has the password
         f.write(f'[upstream]\nurl = "{url}"\n' + (f'ca_file = "{ca}"\n' if ca else "") + tls + health
-                + f'[capture]\ntcp = "{tcp}"\n')
+                + f'[capture]\ntcp = "{tcp}"\n[pool]\nplain_http = "{plain_http}"\n')
     try:
         if intercept:
             res = atlantic(env, "ca", "init", "--config", f.name)

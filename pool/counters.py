@@ -20,13 +20,16 @@ class Counters:
 
     __slots__ = ("requests", "connections_opened", "reused", "h2_streams", "tunnels_warm",
                  "tunnels_cold", "retries", "connections_open", "origin_tls_opened",
-                 "origin_tls_reused", "origin_tls_resumed", "ttfb_ms")
+                 "origin_tls_reused", "origin_tls_resumed", "http_tunnels_opened", "http_tunnels_refused",
+                 "ttfb_ms")
 
     def __init__(self, window: int = TTFB_WINDOW) -> None:
         self.requests = self.connections_opened = self.reused = self.h2_streams = 0
         self.tunnels_warm = self.tunnels_cold = self.retries = self.connections_open = 0
         # HTTPS requests on pooled origin TLS connections (also in connections_opened / reused)
         self.origin_tls_opened = self.origin_tls_reused = self.origin_tls_resumed = 0
+        # plain HTTP in kept CONNECT tunnels per origin: tunnels opened, CONNECTs refused (-> proxy requests)
+        self.http_tunnels_opened = self.http_tunnels_refused = 0
         self.ttfb_ms: deque[float] = deque(maxlen=window)
 
     def record_ttfb(self, sent_at: float, head_at: float) -> None:

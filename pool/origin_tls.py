@@ -22,10 +22,11 @@ from atlantic.pool.errors import OriginTLSError, UpstreamError, UpstreamTimeoutE
 from atlantic.pool.plan import PoolKey
 from atlantic.pool.tlsstream import Carrier, TLSStream
 
-__all__ = ["SessionCache", "is_origin_key", "open_origin_tls", "origin_address", "origin_key",
-           "origin_tls_context"]
+__all__ = ["SessionCache", "http_origin_key", "is_http_origin_key", "is_origin_key", "open_origin_tls",
+           "origin_address", "origin_key", "origin_tls_context"]
 
 _PREFIX = "https://"
+_HTTP_PREFIX = "http://"
 
 
 def origin_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -48,9 +49,20 @@ def is_origin_key(key: PoolKey) -> bool:
     return key.origin.startswith(_PREFIX)
 
 
+def http_origin_key(proxy: PoolKey, host: str, port: int) -> PoolKey:
+    """The pool key of plain-HTTP connections to ``host:port`` carried in kept CONNECT
+    tunnels through the proxy of ``proxy`` (``[pool] plain_http = "tunnel"``)."""
+    return PoolKey(proxy.upstream, proxy.credentials, _HTTP_PREFIX + format_authority(host, port))
+
+
+def is_http_origin_key(key: PoolKey) -> bool:
+    """True for keys of plain-HTTP tunnels to an origin (see :func:`http_origin_key`)."""
+    return key.origin.startswith(_HTTP_PREFIX)
+
+
 def origin_address(key: PoolKey) -> tuple[str, int]:
-    """``(host, port)`` of an origin key (an IPv6 literal without brackets)."""
-    host, _, port = key.origin[len(_PREFIX):].rpartition(":")
+    """``(host, port)`` of an origin key, TLS or plain (an IPv6 literal without brackets)."""
+    host, _, port = key.origin.partition("://")[2].rpartition(":")
     return host.strip("[]"), int(port)
 
 

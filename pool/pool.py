@@ -6,7 +6,11 @@ the request goes out on that connection: HTTP/1.1 keep-alive (pool/h1wire.py) to
 or a stream on an HTTP/2 proxy connection (h2). ``https`` requests go on pooled TLS
 connections to the origin inside a tunnel (:mod:`.origin_tls`), h1 or h2 as the origin's
 ALPN says, keyed per (proxy key, origin). Tunnels ride CONNECT streams (h2) or
-consume a warm HTTP/1.1 proxy connection. The clock is injected (``clock``) and only
+consume a warm HTTP/1.1 proxy connection. With ``plain_http="tunnel"``, ``http`` requests
+through an HTTP/1.1 proxy go the same way without TLS: origin-form requests in a kept
+CONNECT tunnel per origin, so the proxy relays bytes instead of parsing every request
+(bulk bodies splice end to end); a proxy that refuses CONNECT to a port gets that port's
+requests as proxy requests (absolute-form) from then on. The clock is injected (``clock``) and only
 read here, never in the core. Connection life (plan records and live objects) is the
 :class:`~atlantic.pool.conns.ConnectionSet`'s.
 
@@ -17,6 +21,7 @@ TaskGroups of :class:`~atlantic.pool.background.PoolTasks`; ``aclose`` is bounde
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import ssl
 import time
@@ -24,7 +29,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 
 from atlantic.pool.connect import ConnectResponse, format_authority, raise_for_status
-from atlantic.pool.errors import RemoteProtocolError, UpstreamError, UpstreamTimeoutError
+from atlantic.pool.errors import (
+    RemoteProtocolError, UpstreamAuthError, UpstreamError, UpstreamStatusError, UpstreamTargetError,
+    UpstreamTimeoutError,
+)
 from atlantic.pool.upstream import UpstreamKind
 from atlantic.pool.api import ByteStream, Endpoint, RequestHead
 from atlantic.pool.background import PoolTasks, expire_loop, refresh_loop, warm_loop
@@ -36,7 +44,8 @@ from atlantic.pool.exchange import (
 from atlantic.pool.h2conn import H2Connection, H2Event, H2Stream
 from atlantic.pool.http11 import ConnectionLost, H1Connection, H1ResponseStream, check_host, check_request
 from atlantic.pool.origin_tls import (
-    SessionCache, is_origin_key, open_origin_tls, origin_address, origin_key, origin_tls_context,
+    SessionCache, http_origin_key, is_http_origin_key, is_origin_key, open_origin_tls, origin_address,
+    origin_key, origin_tls_context,
 )
 from atlantic.pool.plan import ConnRecord, PoolKey, PoolPlan
 from atlantic.pool.proxyurl import ProxyConfig, ProxySnapshot, ProxyURLCache, proxy_key
@@ -45,6 +54,8 @@ from atlantic.pool.transport import SocketStream, Transport, open_transport, pro
 from atlantic.pool.tunnel import WarmSet, connect_over
 
 __all__ = ["UpstreamPool"]
+
+log = logging.getLogger("atlantic.pool")
 
 _MAX_ATTEMPTS = 4  # stale reused connections skipped + one retry, per request
 _CLOSE_TIMEOUT_S = 2.0  # aclose: closes that take longer are cut
@@ -57,7 +68,9 @@ class UpstreamPool:
     whoever rotates it). ``mark``: SO_MARK for every socket. ``warm_tunnels``: ready
     HTTP/1.1 proxy connections kept for CONNECT (0 disables). ``ca_file``: extra CA for
     the proxy's certificate; ``origin_ca_file``: a CA trusted for origins (``https``
-    requests) besides the system store. Use as ``async with`` or
+    requests) besides the system store. ``plain_http``: ``forward`` (``http`` requests
+    in absolute-form on shared proxy connections) or ``tunnel`` (in a kept CONNECT tunnel
+    per origin, through HTTP/1.1 proxies). Use as ``async with`` or
     call :meth:`start` / :meth:`aclose`; a closed pool refuses new work.
     """
 
@@ -65,7 +78,7 @@ class UpstreamPool:
                  ca_file: str | None = None, origin_ca_file: str | None = None,
                  connect_timeout: float = 10.0, queue_timeout: float = 60.0, idle_timeout: float = 90.0, max_per_key: int = 128,
                  max_total: int = 256, warm_tunnels: int = 2, ping_interval: float = 20.0,
-                 ping_timeout: float = 10.0, early_connect_data: bool = False,
+                 ping_timeout: float = 10.0, early_connect_data: bool = False, plain_http: str = "forward",
                  clock: Callable[[], float] = time.monotonic,
                  new_session: Callable[[], str] = lambda: secrets.token_hex(4),
                  addresses: Mapping[str, str] | None = None) -> None:
@@ -81,6 +94,10 @@ class UpstreamPool:
         self.mark, self.connect_timeout, self.queue_timeout = mark, connect_timeout, queue_timeout
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.early_connect_data = early_connect_data
+        if plain_http not in ("forward", "tunnel"):
+            raise ValueError(f"plain_http must be 'forward' or 'tunnel', not {plain_http!r}")
+        self.plain_http = plain_http
+        self._no_tunnel: set[tuple[str, int]] = set()  # (proxy, port) whose CONNECTs were refused
         self.plan = PoolPlan(max_per_key=max_per_key, max_total=max_total, idle_timeout=idle_timeout)
         self.conns = ConnectionSet(self.plan, self._close_later)
         self.stats = Counters()
@@ -163,7 +180,15 @@ class UpstreamPool:
         retried = False
         for _ in range(_MAX_ATTEMPTS):
             key = self._key_for(snap, head.endpoint)
-            rec, conn, reused = await self._acquire(key, snap)
+            try:
+                rec, conn, reused = await self._acquire(key, snap)
+            except UpstreamStatusError as e:
+                # refused or not understood (403, 405, 501...): the proxy's policy, not the
+                # credentials' fault (407) nor the origin's (502-504, as a forward would show)
+                if not is_http_origin_key(key) or isinstance(e, (UpstreamAuthError, UpstreamTargetError)):
+                    raise
+                self._refused_tunnel(key, e)
+                continue  # the same request as a proxy request
             if conn is None:
                 continue  # closed between placement and use
             if isinstance(conn, H1Connection) and reused and conn.is_peer_closed():
@@ -237,8 +262,10 @@ class UpstreamPool:
         self.stats.connections_opened += snap.upstream.is_direct
         return await self._tunnel(host, port, snap)
 
-    async def _tunnel(self, host: str, port: int, snap: ProxySnapshot) -> SocketStream | H2Stream:
-        """A tunnel through ``snap``'s upstream (for the application, or an origin TLS connection)."""
+    async def _tunnel(self, host: str, port: int, snap: ProxySnapshot, *,
+                      early: bool | None = None) -> SocketStream | H2Stream:
+        """A tunnel through ``snap``'s upstream (for the application, or a pooled origin connection:
+        TLS, or plain HTTP with ``early=False`` so a refusal is known before the first request)."""
         up = snap.upstream
         now = self.clock()
         if up.is_direct:
@@ -272,16 +299,16 @@ class UpstreamPool:
         if t is not None:
             self.stats.tunnels_warm += 1
             try:
-                return await self._connect(t, host, port, snap)
+                return await self._connect(t, host, port, snap, early=early)
             except RemoteProtocolError:
                 self.stats.retries += 1  # closed by the proxy just now: one cold try
         self.stats.tunnels_cold += 1
-        return await self._connect(await self._open(key, snap), host, port, snap)
+        return await self._connect(await self._open(key, snap), host, port, snap, early=early)
 
-    async def _connect(self, t, host, port, snap) -> SocketStream:
+    async def _connect(self, t, host, port, snap, *, early: bool | None = None) -> SocketStream:
         return await connect_over(t, host, port, snap.proxy_authorization,
                                   proxy=snap.upstream.redacted(), timeout=self.connect_timeout,
-                                  early=self.early_connect_data)
+                                  early=self.early_connect_data if early is None else early)
 
     async def _h2_tunnel(self, rec, conn: H2Connection, host, port, snap, reused):
         authority = format_authority(host, port)
@@ -313,15 +340,35 @@ class UpstreamPool:
             key = origin_key(snap.key, host, port)
         elif snap.upstream.is_direct:
             key = proxy_key(snap.upstream, None, f"{host}:{port}")
+        elif self._tunnels_http(snap, port):
+            key = http_origin_key(snap.key, host, port)
         else:
             key = snap.key
         self._snaps.setdefault(key, snap)
         return key
 
+    def _tunnels_http(self, snap: ProxySnapshot, port: int) -> bool:
+        """Whether an ``http`` request to ``port`` goes in a tunnel per origin: asked for, and
+        the proxy speaks HTTP/1.1 (an HTTP/2 proxy multiplexes proxy requests already) and
+        has not refused CONNECT to that port."""
+        if self.plain_http != "tunnel" or (snap.key.upstream, port) in self._no_tunnel:
+            return False
+        return snap.upstream.kind is UpstreamKind.HTTP or snap.key in self._h1_keys
+
+    def _refused_tunnel(self, key: PoolKey, e: UpstreamError) -> None:
+        """The proxy refused CONNECT to an origin's port: that port's ``http`` requests go as
+        proxy requests from now on (a proxy's policy is per port, like Squid's SSL_ports)."""
+        port = origin_address(key)[1]
+        if (key.upstream, port) not in self._no_tunnel:
+            self._no_tunnel.add((key.upstream, port))
+            log.warning("%s; plain HTTP to port %d goes as proxy requests from now on", e, port)
+        self.stats.http_tunnels_refused += 1
+
     async def _acquire(self, key: PoolKey, snap: ProxySnapshot):
         """Wait for a placement: ``(record, connection, reused)``."""
         self._snaps.setdefault(key, snap)
-        if (snap.upstream.kind is UpstreamKind.HTTPS or is_origin_key(key)) and key not in self._h1_keys:
+        if key not in self._h1_keys and (is_origin_key(key) or snap.upstream.kind is UpstreamKind.HTTPS
+                                         and not is_http_origin_key(key)):
             self.plan.h2_keys.add(key)  # ALPN offers h2 first: open one, not one per request
         waiter = self.plan.enqueue(key, self.clock())
         fut = asyncio.get_running_loop().create_future()
@@ -387,6 +434,19 @@ class UpstreamPool:
         self.stats.origin_tls_resumed += t.resumed
         return t
 
+    async def _open_http_origin(self, key: PoolKey, snap: ProxySnapshot) -> Transport:
+        """A CONNECT tunnel to the origin of a plain-HTTP key, answered 200, as a transport
+        for origin-form HTTP/1.1 (a warm proxy connection when one is ready)."""
+        host, port = origin_address(key)
+        stream = await self._tunnel(host, port, snap, early=False)
+        t, early_bytes = stream.transport_and_first()
+        if early_bytes:  # an HTTP origin speaks only when asked
+            t.abort()
+            raise RemoteProtocolError(f"origin {format_authority(host, port)} sent {len(early_bytes)} bytes "
+                                      f"through proxy {snap.upstream} before any request")
+        self.stats.http_tunnels_opened += 1
+        return t
+
     async def _open_warm(self, snap: ProxySnapshot) -> Transport:
         return await self._open(snap.key, snap)
 
@@ -404,9 +464,11 @@ class UpstreamPool:
     async def _open_for(self, rec: ConnRecord, fut: asyncio.Future | None) -> None:
         snap = self._snaps[rec.key]
         try:
-            origin = is_origin_key(rec.key)
-            t = await (self._open_origin if origin else self._open)(rec.key, snap)
-            name = (t.name if origin else f"proxy {snap.upstream}" if not snap.upstream.is_direct
+            origin, plain = is_origin_key(rec.key), is_http_origin_key(rec.key)
+            opener = self._open_origin if origin else self._open_http_origin if plain else self._open
+            t = await opener(rec.key, snap)
+            name = (t.name if origin else f"origin {rec.key.origin} via proxy {snap.upstream}" if plain
+                    else f"proxy {snap.upstream}" if not snap.upstream.is_direct
                     else f"origin {rec.key.origin}")
             if t.alpn == "h2":
                 conn = H2Connection(t, name=name, clock=self.clock, on_event=lambda ev: self._h2_event(rec, ev),
@@ -417,7 +479,7 @@ class UpstreamPool:
             else:
                 if snap.upstream.kind is UpstreamKind.HTTPS or origin:
                     self._h1_keys.add(rec.key)
-                absolute = not (snap.upstream.is_direct or origin)  # origin-form to an origin
+                absolute = not (snap.upstream.is_direct or origin or plain)  # origin-form to an origin
                 self.conns.add(rec, H1Connection(t, absolute_form=absolute, name=name))
                 self.conns.connected(rec, self.clock(), http2=False)
             self.stats.connections_opened += 1

@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -66,3 +68,14 @@ def curl(lab, url: str, *extra: str, timeout: float = 60) -> subprocess.Complete
     """Plain curl (no proxy option) from the client namespace, body in stdout (bytes)."""
     return ns_run(lab.client_ns, ["curl", "-sS", "--max-time", str(timeout), "--noproxy", "*",
                                   "--cacert", lab.ca_file, *extra, url], timeout=timeout + 10)
+
+
+def squid_lines(lab, start: int, needle: str, want: int, timeout: float = 10) -> list[str]:
+    """Lines of Squid's access log past line ``start`` that contain ``needle``. Squid logs a
+    transaction when it ends (a tunnel when it closes): polled, bounded, until ``want`` match."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [ln for ln in Path(lab.squid_access_log).read_text().splitlines()[start:] if needle in ln]
+        if len(lines) >= want or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)

@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.lab
 
-from atlantic_lab import ns_run, status
+from atlantic_lab import atlantic, ns_run, squid_lines, status
 
 from atlantic.lab.workloads import DEBIAN_YTDLP
 
@@ -31,22 +31,15 @@ def curl(lab, url: str) -> bytes:
     return res.stdout
 
 
-def squid_lines_for(lab, start: int, needle: str, want: int, timeout: float = 10) -> list[str]:
-    """Squid logs a transaction when it ends: poll its log (bounded) for ``want`` matching lines."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [ln for ln in Path(lab.squid_access_log).read_text().splitlines()[start:] if needle in ln]
-        if len(lines) >= want or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.1)
-
-
-@pytest.mark.parametrize("tcp", ["redirect", "tun"])
-def test_30_new_connections_ride_one_upstream_connection(lab, up, tcp):
-    """30 downloads, each by a new curl process: >= 29 requests reuse an upstream connection, Squid sees 1-2;
-    with the kernel's redirect (the default) and with every packet through the TUN's NAT alike."""
+@pytest.mark.parametrize(("tcp", "plain_http"), [("redirect", "tunnel"), ("tun", "tunnel"), ("redirect", "forward")])
+def test_30_new_connections_ride_one_upstream_connection(lab, up, tcp, plain_http):
+    """30 downloads, each by a new curl process: >= 29 requests reuse an upstream connection, Squid sees 1-2:
+    tunnels to the origin (the default: Squid logs 1-2 CONNECT origin.test:80 carrying all 60 MB when they
+    close) or proxy requests (30 GET lines from 1-2 client connections); with the kernel's redirect (the
+    default) and with every packet through the TUN's NAT alike."""
     start = len(Path(lab.squid_access_log).read_text().splitlines())
-    assert up(lab.proxy_url, sections=f'[capture]\ntcp = "{tcp}"\n')["tcp_capture"] == tcp
+    st = up(lab.proxy_url, sections=f'[capture]\ntcp = "{tcp}"\n[pool]\nplain_http = "{plain_http}"\n')
+    assert st["tcp_capture"] == tcp
     for _ in range(30):
         assert hashlib.sha256(curl(lab, f"http://{lab.origin_host}/2mb")).hexdigest() == lab.sha256_2mb
     st = status(lab)
@@ -56,8 +49,16 @@ def test_30_new_connections_ride_one_upstream_connection(lab, up, tcp):
     assert st["flows_captured"][tcp] >= 30 and st["flows_captured"][other] == 0, st["flows_captured"]
     if tcp == "tun":
         assert st["stack"]["bytes_down"] >= 30 * 2 * 1024 * 1024, st["stack"]
-    lines = squid_lines_for(lab, start, f"GET http://{lab.origin_host}/2mb", 30)
-    assert len(lines) == 30
+    if plain_http == "forward":
+        assert pool["http_tunnels_opened"] == 0, pool
+        lines = squid_lines(lab, start, f"GET http://{lab.origin_host}/2mb", 30)
+        assert len(lines) == 30
+    else:
+        assert 1 <= pool["http_tunnels_opened"] <= 2 and pool["http_tunnels_refused"] == 0, pool
+        assert atlantic(lab, "down").returncode == 0  # the tunnels close: Squid logs them
+        lines = squid_lines(lab, start, f"CONNECT {lab.origin_host}:80", 1)
+        assert not squid_lines(lab, start, "GET http://", 0), "no proxy request expected"
+        assert sum(int(ln.split()[4]) for ln in lines) >= 30 * 2 * 1024 * 1024, lines
     client_connections = {SQUID_CLIENT.match(ln).groups() for ln in lines}
     assert 1 <= len(client_connections) <= 2, client_connections
 
@@ -74,7 +75,7 @@ def test_https_flows_tunnel_to_the_sni_name_over_warm_connections(lab, up, tcp):
         time.sleep(0.5)  # the pool replenishes in the background
     pool = status(lab)["pool"]
     assert pool["tunnels_warm"] + pool["tunnels_cold"] == 5 and pool["tunnels_warm"] >= 3, pool
-    assert len(squid_lines_for(lab, start, f"CONNECT {lab.origin_host}:443", 5)) == 5
+    assert len(squid_lines(lab, start, f"CONNECT {lab.origin_host}:443", 5)) == 5
 
 
 def test_h2_front_multiplexes_requests_and_tunnels_on_one_connection(lab, up):
