@@ -42,6 +42,12 @@ WRITE_TIMEOUT_S = 2.0
 MAX_PER_UID = 8  # connections one non-root user may hold open at once
 MAX_OTHERS = 64  # all non-root connections together: bounds the file descriptors they cost
 LISTEN_BACKLOG = 64
+# The reader and root's worker run at this nice value (needs root; else left as they are):
+# under saturating transfers the two cores are shared with the relay, the proxy's and the
+# applications' processes, and a thread waking for `status` should not queue behind them
+# for a scheduler slice. Other users' worker keeps the default, so no local user's
+# requests get more CPU than the data path.
+CONTROL_NICE = -10
 ROOT_UID = 0
 PUBLIC_COMMANDS = frozenset({"status"})  # read-only: what a non-root peer may ask
 # Who may connect: when this system group exists (the Debian package creates it), root and
@@ -73,6 +79,16 @@ def socket_access() -> tuple[int, int | None]:
         return 0o660, grp.getgrnam(SOCKET_GROUP).gr_gid
     except KeyError:  # no such group here: everyone may ask status (answers are redacted)
         return 0o666, None
+
+
+def _favoured(run: Callable[..., None], *args) -> None:
+    """Run ``run(*args)`` in this thread at ``CONTROL_NICE`` (only this thread: Linux
+    scheduling priority is per thread); without the privilege, at the default."""
+    import threading
+
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CONTROL_NICE)
+    run(*args)
 
 
 def may_run(uid: int, cmd: str, public: Iterable[str]) -> bool:
@@ -203,9 +219,10 @@ class ControlServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._threads = [
-            threading.Thread(target=self._read_forever, name="atlantic-control-read", daemon=True),
-            threading.Thread(target=self._work_forever, args=(self._root_jobs,), name="atlantic-control-root",
+            threading.Thread(target=_favoured, args=(self._read_forever,), name="atlantic-control-read",
                              daemon=True),
+            threading.Thread(target=_favoured, args=(self._work_forever, self._root_jobs),
+                             name="atlantic-control-root", daemon=True),
             threading.Thread(target=self._work_forever, args=(self._other_jobs,), name="atlantic-control-users",
                              daemon=True),
         ]

@@ -334,3 +334,25 @@ def test_status_holds_up_while_the_loop_mutates_its_dicts(state_dir, fast_thread
     replies = run(go(), limit=60)
     assert [r for r in replies if "error" in r] == []
     assert all(r["state"] == "starting" for r in replies)
+
+
+def _nice(tid: int) -> int:
+    """A thread's nice value, from /proc (field 19 of its stat line)."""
+    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a thread's priority needs root")
+def test_the_reader_and_roots_worker_run_favoured_and_other_users_worker_does_not(state_dir):
+    """As root: the reader and root's worker at CONTROL_NICE, other users' worker (and the
+    calling thread, standing in for the event loop) at the default."""
+    server = ControlServer(state_dir / "c.sock", {"echo": lambda req: {}}, set())
+    server.start()
+    try:
+        assert request(server.path, "echo") == {}
+        nice = {t.name: _nice(t.native_id) for t in server._threads}
+    finally:
+        server.close()
+    assert nice == {"atlantic-control-read": control.CONTROL_NICE, "atlantic-control-root": control.CONTROL_NICE,
+                    "atlantic-control-users": 0}, nice
+    assert _nice(threading.get_native_id()) == 0
