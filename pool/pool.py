@@ -59,6 +59,7 @@ log = logging.getLogger("atlantic.pool")
 
 _MAX_ATTEMPTS = 4  # stale reused connections skipped + one retry, per request
 _CLOSE_TIMEOUT_S = 2.0  # aclose: closes that take longer are cut
+_KEYS_KEPT = 4096  # per-key memory (snapshot, ALPN hints) beyond this is dropped for keys not in use
 
 
 class UpstreamPool:
@@ -344,8 +345,19 @@ class UpstreamPool:
             key = http_origin_key(snap.key, host, port)
         else:
             key = snap.key
-        self._snaps.setdefault(key, snap)
+        self._remember(key, snap)
         return key
+
+    def _remember(self, key: PoolKey, snap: ProxySnapshot) -> None:
+        """Keep ``key``'s proxy snapshot for its openers. Keys come per origin (direct, TLS
+        origins, HTTP tunnels): past ``_KEYS_KEPT`` what the pool knows of keys with no
+        connection and no waiter is dropped, so a day of browsing does not grow it."""
+        self._snaps.setdefault(key, snap)
+        if len(self._snaps) > _KEYS_KEPT:
+            live = {c.key for c in self.plan.conns} | {w.key for w in self.plan.waiting} | {key}
+            self._snaps = {k: v for k, v in self._snaps.items() if k in live}
+            self.plan.h2_keys &= live
+            self._h1_keys &= live
 
     def _tunnels_http(self, snap: ProxySnapshot, port: int) -> bool:
         """Whether an ``http`` request to ``port`` goes in a tunnel per origin: asked for, and
@@ -366,7 +378,7 @@ class UpstreamPool:
 
     async def _acquire(self, key: PoolKey, snap: ProxySnapshot):
         """Wait for a placement: ``(record, connection, reused)``."""
-        self._snaps.setdefault(key, snap)
+        self._remember(key, snap)
         if key not in self._h1_keys and (is_origin_key(key) or snap.upstream.kind is UpstreamKind.HTTPS
                                          and not is_http_origin_key(key)):
             self.plan.h2_keys.add(key)  # ALPN offers h2 first: open one, not one per request

@@ -228,3 +228,25 @@ def test_an_idle_tunnel_the_origin_closed_is_replaced_transparently():
 def test_unknown_plain_http_mode_is_refused():
     with pytest.raises(ValueError, match="plain_http"):
         UpstreamPool("http://127.0.0.1:1", plain_http="sometimes")
+
+
+def test_what_the_pool_keeps_per_origin_key_stays_bounded(monkeypatch):
+    """Keys come per origin: past the bound, the keys with no connection and no waiter are
+    forgotten (a day of browsing many origins must not grow the pool)."""
+    from atlantic.pool import pool as pool_module
+
+    monkeypatch.setattr(pool_module, "_KEYS_KEPT", 2)
+
+    async def go():
+        async with Origin() as a, Origin() as b, Origin() as c, serving(Proxy()) as proxy:
+            async with pool_for(proxy, plain_http="tunnel") as pool:
+                sizes = []
+                for origin in (a, b, c, a):
+                    assert (await get(pool, origin.port, "/echo"))[0] == 200
+                    pool.conns.drop_idle()  # as the idle timeout would
+                    await asyncio.sleep(0.05)
+                    sizes.append(len(pool._snaps))
+                return sizes, pool.counters()
+
+    sizes, c = run(go())
+    assert max(sizes) <= 2 and c["requests"] == 4 and c["http_tunnels_opened"] == 4, (sizes, c)
