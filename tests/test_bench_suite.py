@@ -68,7 +68,15 @@ def test_sing_box_at_65520_runs_wherever_sing_box_does():
     for name, (_, allowed) in suite.WORKLOADS.items():
         assert ("sing-box" in allowed) == ("sing-box mtu 65520" in allowed), name
     assert suite.WORKLOADS["burst"][1] == ("direct", "sing-box", "sing-box mtu 65520", "atlantic h1", "atlantic h2",
-                                           "atlantic h1, tun")
+                                           "atlantic h1, tun", "atlantic h1, forward")
+
+
+def test_plain_http_as_proxy_requests_is_a_peer_of_its_own():
+    """`atlantic h1, forward` runs only when named, with [pool] plain_http = "forward"."""
+    peer = next(p for p in suite.PEERS if p.slug == "atlantic-h1-fwd")
+    assert (peer.name, peer.kind, peer.plain_http) == ("atlantic h1, forward", "atlantic", "forward")
+    assert peer not in suite.DEFAULT_PEERS
+    assert next(p for p in suite.PEERS if p.slug == "atlantic-h1").plain_http == "tunnel"
 
 
 def test_the_tun_only_capture_is_a_peer_of_its_own():
