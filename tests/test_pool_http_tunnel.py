@@ -14,6 +14,7 @@ import logging
 
 import pytest
 from http1_peers import Origin, app_flow, read_response
+from test_pool_tunnel import proxy_server
 
 from atlantic.pool.api import Endpoint, RequestHead
 from atlantic.pool.errors import UpstreamAuthError
@@ -84,22 +85,10 @@ class Proxy:
 
 @contextlib.asynccontextmanager
 async def serving(proxy: Proxy):
-    writers: list[asyncio.StreamWriter] = []
-
-    async def handler(r, w):
-        writers.append(w)
-        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-            await proxy.handle(r, w)
-        w.close()
-
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    proxy.port = server.sockets[0].getsockname()[1]
-    try:
+    """``proxy`` on 127.0.0.1 (its ``port`` set), as test_pool_tunnel serves its scripted proxy."""
+    async with proxy_server(proxy) as port:
+        proxy.port = port
         yield proxy
-    finally:
-        server.close()
-        for w in writers:
-            w.close()
 
 
 def pool_for(proxy: Proxy, user: str = "u:p", **kw) -> UpstreamPool:
