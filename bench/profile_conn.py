@@ -264,6 +264,26 @@ def _cpu() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
+async def _child_measured(argv: list[str], timeout: float,
+                          profile: cProfile.Profile | None) -> tuple[str, int, float, float]:
+    """Run the client ``argv`` (bounded, killed by its PID if late) while this process serves
+    it: (its stdout, its exit status, this process's user and system CPU seconds meanwhile)."""
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    if profile is not None:
+        profile.enable()
+    cpu0 = _cpu()
+    try:
+        out, _ = await asyncio.wait_for(asyncio.to_thread(child.communicate), timeout)
+    finally:
+        user, sys_ = (b - a for a, b in zip(cpu0, _cpu()))
+        if profile is not None:
+            profile.disable()
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+    return out, child.returncode, user, sys_
+
+
 def _quantile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -301,21 +321,9 @@ class Daemon:
         """One client run of ``workload``; the daemon's CPU meanwhile."""
         port = self.peers.floor_port if workload in ("squid", "direct") else self.port
         argv = [sys.executable, __file__, "--client", workload, str(port), str(self.peers.origin_port), str(count)]
-        child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        if profile is not None:
-            profile.enable()
-        cpu0 = _cpu()
-        try:
-            out, _ = await asyncio.wait_for(asyncio.to_thread(child.communicate), 600)
-        finally:
-            user, sys_ = (b - a for a, b in zip(cpu0, _cpu()))
-            if profile is not None:
-                profile.disable()
-            if child.poll() is None:
-                os.kill(child.pid, signal.SIGKILL)
-                child.wait()
-        if child.returncode != 0:
-            raise RuntimeError(f"client {workload} exited with {child.returncode}")
+        out, returncode, user, sys_ = await _child_measured(argv, 600, profile)
+        if returncode != 0:
+            raise RuntimeError(f"client {workload} exited with {returncode}")
         report = json.loads(out)
         times = report["times"]
         return {"workload": workload, "count": count, "per_s": count / report["elapsed"],
@@ -332,22 +340,10 @@ class Daemon:
                 "-w", "%{size_download} %{time_starttransfer} %{time_total}",
                 f"http://127.0.0.1:{self.port}/big?n={size}" + (f"&rate={int(rate * 1e6)}" if rate else "")
                 + (f"&piece={piece}" if piece else "")]
-        child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        if profile is not None:
-            profile.enable()
-        cpu0 = _cpu()
-        try:
-            out, _ = await asyncio.wait_for(asyncio.to_thread(child.communicate), 300)
-        finally:
-            user, sys_ = (b - a for a, b in zip(cpu0, _cpu()))
-            if profile is not None:
-                profile.disable()
-            if child.poll() is None:
-                os.kill(child.pid, signal.SIGKILL)
-                child.wait()
+        out, returncode, user, sys_ = await _child_measured(argv, 300, profile)
         got, ttfb, total = out.split()
-        if child.returncode != 0 or int(got) != size:
-            raise RuntimeError(f"curl exited with {child.returncode} after {got} of {size} bytes")
+        if returncode != 0 or int(got) != size:
+            raise RuntimeError(f"curl exited with {returncode} after {got} of {size} bytes")
         per_100mb = 1e8 / size
         return {"mb_s": size / float(total) / 1e6, "ttfb_ms": float(ttfb) * 1e3,
                 "cpu_s_per_100mb": (user + sys_) * per_100mb, "sys_s_per_100mb": sys_ * per_100mb}
