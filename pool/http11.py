@@ -26,6 +26,7 @@ from atlantic.pool.h1write import BodyWriter, head_bytes, request_line
 from atlantic.pool.errors import LocalProtocolError, RemoteProtocolError, UpstreamError
 from atlantic.pool.splice import ByteCounters, RelayEnd
 from atlantic.pool.transport import Transport
+from atlantic.pool.tunnel import read_connect_response
 
 __all__ = ["ConnectionLost", "H1Connection", "H1ResponseStream", "HOP_BY_HOP", "check_host",
            "check_request", "request_bytes", "response_head"]
@@ -161,14 +162,18 @@ def request_fields(head: RequestHead, proxy_authorization: str | None) -> list[t
 class H1Connection:
     """One HTTP/1.1 connection (to a proxy, absolute-form, or to the origin for direct)."""
 
-    __slots__ = ("transport", "reader", "absolute_form", "used", "name", "_keep_alive", "_sent")
+    __slots__ = ("transport", "reader", "absolute_form", "used", "name", "connect_answer", "_keep_alive", "_sent")
 
-    def __init__(self, transport: Transport, *, absolute_form: bool, name: str) -> None:
+    def __init__(self, transport: Transport, *, absolute_form: bool, name: str,
+                 connect_answer: tuple[str, str, float] | None = None) -> None:
         self.transport = transport
         self.reader = MessageReader(MAX_HEAD)
         self.absolute_form = absolute_form
         self.used = False
         self.name = name  # redacted, for error messages
+        # (proxy, host:port, timeout) of a CONNECT written on this connection and not answered
+        # yet: the first request goes right behind it, and its answer is read before the response
+        self.connect_answer = connect_answer
         self._keep_alive = False  # the last response allows another request
         self._sent = False  # the last request went out whole
 
@@ -210,6 +215,8 @@ class H1Connection:
         except WireError as e:  # the body broke its own framing: the caller's fault
             raise LocalProtocolError(f"cannot send the request body to {self.name}: {e}") from None
         self._sent = True
+        if self.connect_answer is not None:
+            await self._tunnel_answer()
         reader, method, got_bytes = self.reader, head.method, False
         while True:
             try:
@@ -230,6 +237,20 @@ class H1Connection:
             return ResponseHead(response.status, response.reason,
                                 tuple([(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]),
                                 response.body, response.http_version)
+
+    async def _tunnel_answer(self) -> None:
+        """Read the answer to the CONNECT written ahead of the first request: its refusal is
+        raised (``UpstreamStatusError`` and kin: the request never reached the origin), the
+        bytes behind a 200 are the response's first. A connection the proxy closed or broke
+        before answering is a retryable ``ConnectionLost`` (a warm one closed just then)."""
+        proxy, target, timeout = self.connect_answer
+        self.connect_answer = None
+        try:
+            leftover = await read_connect_response(self.transport, proxy=proxy, target=target, timeout=timeout)
+        except RemoteProtocolError as e:
+            raise ConnectionLost(str(e), retryable=True) from None
+        if leftover:
+            self.reader.receive_data(leftover)
 
     async def _read(self, read_size: int) -> bytes:
         try:

@@ -51,7 +51,7 @@ from atlantic.pool.plan import ConnRecord, PoolKey, PoolPlan
 from atlantic.pool.proxyurl import ProxyConfig, ProxySnapshot, ProxyURLCache, proxy_key
 from atlantic.pool.tlsstream import TLSStream
 from atlantic.pool.transport import SocketStream, Transport, open_transport, proxy_tls_context
-from atlantic.pool.tunnel import WarmSet, connect_over
+from atlantic.pool.tunnel import WarmSet, connect_over, connect_request
 
 __all__ = ["UpstreamPool"]
 
@@ -181,15 +181,7 @@ class UpstreamPool:
         retried = False
         for _ in range(_MAX_ATTEMPTS):
             key = self._key_for(snap, head.endpoint)
-            try:
-                rec, conn, reused = await self._acquire(key, snap)
-            except UpstreamStatusError as e:
-                # refused or not understood (403, 405, 501...): the proxy's policy, not the
-                # credentials' fault (407) nor the origin's (502-504, as a forward would show)
-                if not is_http_origin_key(key) or isinstance(e, (UpstreamAuthError, UpstreamTargetError)):
-                    raise
-                self._refused_tunnel(key, e)
-                continue  # the same request as a proxy request
+            rec, conn, reused = await self._acquire(key, snap)
             if conn is None:
                 continue  # closed between placement and use
             if isinstance(conn, H1Connection) and reused and conn.is_peer_closed():
@@ -198,6 +190,9 @@ class UpstreamPool:
             if reused:
                 self.stats.reused += 1
                 self.stats.origin_tls_reused += is_origin_key(key)
+            # a request written behind its tunnel's CONNECT: a warm proxy connection closed just
+            # then may be retried as a reused one would
+            behind_connect = isinstance(conn, H1Connection) and conn.connect_answer is not None
             sent_at = self.clock()
             try:
                 if isinstance(conn, H2Connection):
@@ -205,11 +200,23 @@ class UpstreamPool:
                 else:
                     resp = await self._h1_request(rec, conn, head, body, snap)
             except ConnectionLost as e:
-                if e.retryable and reused and not retried and head.is_idempotent and body is None:
+                if (e.retryable and (reused or behind_connect) and not retried and head.is_idempotent
+                        and body is None):
                     retried = True
                     self.stats.retries += 1
                     continue
                 raise RemoteProtocolError(str(e)) from None
+            except UpstreamStatusError as e:
+                # the tunnel's CONNECT refused or not understood (403, 405, 501...): the proxy's
+                # policy, not the credentials' fault (407) nor the origin's (502-504, as a
+                # forward would show). The request never reached the origin: it goes again as
+                # a proxy request, unless its body was already consumed.
+                refused = behind_connect and not isinstance(e, (UpstreamAuthError, UpstreamTargetError))
+                if refused:
+                    self._refused_tunnel(key, e)
+                if not refused or body is not None:
+                    raise
+                continue
             self.stats.record_ttfb(sent_at, self.clock())
             return resp
         raise RemoteProtocolError(f"{snap.upstream}: no usable connection after {_MAX_ATTEMPTS} tries")
@@ -263,10 +270,8 @@ class UpstreamPool:
         self.stats.connections_opened += snap.upstream.is_direct
         return await self._tunnel(host, port, snap)
 
-    async def _tunnel(self, host: str, port: int, snap: ProxySnapshot, *,
-                      early: bool | None = None) -> SocketStream | H2Stream:
-        """A tunnel through ``snap``'s upstream (for the application, or a pooled origin connection:
-        TLS, or plain HTTP with ``early=False`` so a refusal is known before the first request)."""
+    async def _tunnel(self, host: str, port: int, snap: ProxySnapshot) -> SocketStream | H2Stream:
+        """A tunnel through ``snap``'s upstream (for the application, or an origin TLS connection)."""
         up = snap.upstream
         now = self.clock()
         if up.is_direct:
@@ -293,23 +298,30 @@ class UpstreamPool:
                 self.stats.tunnels_cold += 1
                 return await self._connect(conn.transport, host, port, snap)
             raise RemoteProtocolError(f"proxy {up}: no usable HTTP/2 connection for CONNECT")
-        t = self.warm.take(key, now)
-        if t is None and (idle := self.conns.take_idle(key)) is not None:
-            t = idle.transport  # an idle keep-alive connection is warm too
-        self._warm_wanted.set()
+        t = self._warm_transport(snap, now)
         if t is not None:
-            self.stats.tunnels_warm += 1
             try:
-                return await self._connect(t, host, port, snap, early=early)
+                return await self._connect(t, host, port, snap)
             except RemoteProtocolError:
                 self.stats.retries += 1  # closed by the proxy just now: one cold try
         self.stats.tunnels_cold += 1
-        return await self._connect(await self._open(key, snap), host, port, snap, early=early)
+        return await self._connect(await self._open(key, snap), host, port, snap)
 
-    async def _connect(self, t, host, port, snap, *, early: bool | None = None) -> SocketStream:
+    def _warm_transport(self, snap: ProxySnapshot, now: float) -> Transport | None:
+        """A ready HTTP/1.1 connection to ``snap``'s proxy for a CONNECT (warm, or an idle
+        keep-alive one), or None; the warm set refills in the background."""
+        self._last_tunnel = now
+        t = self.warm.take(snap.key, now)
+        if t is None and (idle := self.conns.take_idle(snap.key)) is not None:
+            t = idle.transport  # an idle keep-alive connection is warm too
+        self._warm_wanted.set()
+        self.stats.tunnels_warm += t is not None
+        return t
+
+    async def _connect(self, t, host, port, snap) -> SocketStream:
         return await connect_over(t, host, port, snap.proxy_authorization,
                                   proxy=snap.upstream.redacted(), timeout=self.connect_timeout,
-                                  early=self.early_connect_data if early is None else early)
+                                  early=self.early_connect_data)
 
     async def _h2_tunnel(self, rec, conn: H2Connection, host, port, snap, reused):
         authority = format_authority(host, port)
@@ -447,15 +459,21 @@ class UpstreamPool:
         return t
 
     async def _open_http_origin(self, key: PoolKey, snap: ProxySnapshot) -> Transport:
-        """A CONNECT tunnel to the origin of a plain-HTTP key, answered 200, as a transport
-        for origin-form HTTP/1.1 (a warm proxy connection when one is ready)."""
+        """A proxy connection (warm when one is ready) with ``CONNECT`` to the origin of a
+        plain-HTTP key written on it: the first request follows at once, and the connection
+        reads the answer before the response (``H1Connection.connect_answer``), so a new
+        origin costs no round trip more than a proxy request would."""
         host, port = origin_address(key)
-        stream = await self._tunnel(host, port, snap, early=False)
-        t, early_bytes = stream.transport_and_first()
-        if early_bytes:  # an HTTP origin speaks only when asked
+        t = self._warm_transport(snap, self.clock())
+        if t is None:
+            self.stats.tunnels_cold += 1
+            t = await self._open(snap.key, snap)
+        if t.alpn == "h2":  # an https proxy that chose http/1.1 before chose HTTP/2 now
+            self._h1_keys.discard(snap.key)
             t.abort()
-            raise RemoteProtocolError(f"origin {format_authority(host, port)} sent {len(early_bytes)} bytes "
-                                      f"through proxy {snap.upstream} before any request")
+            raise RemoteProtocolError(f"proxy {snap.upstream} chose HTTP/2 for a connection meant for a "
+                                      "tunnel; plain HTTP goes to it as streams from now on")
+        t.write(connect_request(host, port, snap.proxy_authorization))
         self.stats.http_tunnels_opened += 1
         return t
 
@@ -492,7 +510,9 @@ class UpstreamPool:
                 if snap.upstream.kind is UpstreamKind.HTTPS or origin:
                     self._h1_keys.add(rec.key)
                 absolute = not (snap.upstream.is_direct or origin or plain)  # origin-form to an origin
-                self.conns.add(rec, H1Connection(t, absolute_form=absolute, name=name))
+                answer = ((snap.upstream.redacted(), format_authority(*origin_address(rec.key)), self.connect_timeout)
+                          if plain else None)
+                self.conns.add(rec, H1Connection(t, absolute_form=absolute, name=name, connect_answer=answer))
                 self.conns.connected(rec, self.clock(), http2=False)
             self.stats.connections_opened += 1
         except BaseException as e:

@@ -375,13 +375,6 @@ class SocketStream:
             self._on_close()
         return sock, self._first + buffered
 
-    def transport_and_first(self) -> tuple[Transport, bytes]:
-        """Hand the transport over (plain or TLS) with the bytes read past the CONNECT
-        answer; the stream is unusable afterwards (a pooled connection now owns it)."""
-        self._closed = True
-        first, self._first = self._first, b""
-        return self._t, first
-
     async def read(self, max_bytes: int = 262144) -> bytes:
         """Up to ``max_bytes``; ``b""`` at end of stream."""
         if self._first:

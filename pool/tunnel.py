@@ -19,7 +19,7 @@ from atlantic.pool.connect import ConnectResponseParser, format_authority, raise
 from atlantic.pool.errors import RemoteProtocolError, UpstreamTimeoutError
 from atlantic.pool.transport import SocketStream, Transport
 
-__all__ = ["EarlyConnectStream", "WarmSet", "connect_request", "connect_over"]
+__all__ = ["EarlyConnectStream", "WarmSet", "connect_request", "connect_over", "read_connect_response"]
 
 
 def connect_request(host: str, port: int, proxy_authorization: str | None) -> bytes:
@@ -29,7 +29,7 @@ def connect_request(host: str, port: int, proxy_authorization: str | None) -> by
     return f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{auth}\r\n".encode()
 
 
-async def _read_connect_response(t: Transport, *, proxy: str, target: str, timeout: float) -> bytes:
+async def read_connect_response(t: Transport, *, proxy: str, target: str, timeout: float) -> bytes:
     """Read and check the CONNECT response head; returns bytes that followed it."""
     parser = ConnectResponseParser()
     try:
@@ -66,7 +66,7 @@ async def connect_over(t: Transport, host: str, port: int, proxy_authorization: 
         if early:
             return EarlyConnectStream(t, proxy=proxy, target=target, timeout=timeout)
         await t.drain()
-        leftover = await _read_connect_response(t, proxy=proxy, target=target, timeout=timeout)
+        leftover = await read_connect_response(t, proxy=proxy, target=target, timeout=timeout)
     except BaseException:
         t.abort()
         raise
@@ -92,7 +92,7 @@ class EarlyConnectStream(SocketStream):
         if not self._checked:
             self._checked = True
             try:
-                self._first = await _read_connect_response(
+                self._first = await read_connect_response(
                     self._t, proxy=self._proxy, target=self._target, timeout=self._timeout)
             except BaseException:
                 await self.aclose(reset=True)

@@ -32,8 +32,11 @@ class Proxy:
     """CONNECT to 127.0.0.1 ports in ``allow`` (403 otherwise, 407 without credentials),
     relayed to the real origin; proxy requests answered with the body ``forwarded``."""
 
-    def __init__(self, allow: set[int] | None = None) -> None:
+    def __init__(self, allow: set[int] | None = None, *, answer_after_request: bool = False,
+                 drop_first: bool = False) -> None:
         self.allow = allow
+        self.answer_after_request = answer_after_request  # 200 only once request bytes came
+        self.drop_first = drop_first  # close the first CONNECT's connection unanswered
         self.connects: list[str] = []
         self.forwarded: list[str] = []
         self.port = 0
@@ -56,17 +59,22 @@ class Proxy:
                 await w.drain()
                 continue
             self.connects.append(target)
+            if self.drop_first:
+                self.drop_first = False
+                return
             port = int(target.rpartition(":")[2])
             if self.allow is not None and port not in self.allow:
                 w.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
                 await w.drain()
                 continue
-            await self._relay(r, w, port)
+            early = await r.readuntil(b"\r\n\r\n") if self.answer_after_request else b""
+            await self._relay(r, w, port, early)
             return
 
     @staticmethod
-    async def _relay(r, w, port: int) -> None:
+    async def _relay(r, w, port: int, early: bytes) -> None:
         ur, uw = await asyncio.open_connection("127.0.0.1", port)
+        uw.write(early)
         w.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
 
         async def pipe(src, dst):
@@ -159,7 +167,7 @@ def test_a_refused_connect_sends_that_port_as_proxy_requests_from_then_on(caplog
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "403" in warnings[0] and "u:p" not in warnings[0], warnings
     assert "\n" not in warnings[0] and f"port {origin.port}" in warnings[0]
-    assert c["http_tunnels_refused"] == 1 and c["http_tunnels_opened"] == 0, c
+    assert c["http_tunnels_refused"] == 1 and c["http_tunnels_opened"] == 1, c  # one CONNECT tried
 
 
 def test_wrong_credentials_on_connect_are_an_auth_error_not_a_fallback():
@@ -202,7 +210,7 @@ def test_an_idle_tunnel_the_origin_closed_is_replaced_transparently():
             async with pool_for(proxy, plain_http="tunnel") as pool:
                 first = await get(pool, origin.port, "/echo")
                 async with app_flow(pool, dst=("127.0.0.1", origin.port)) as (reader, writer, _, _):
-                    writer.write(f"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                    writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                     closing = await read_response(reader)
                 writer.close()
                 await asyncio.sleep(0.2)
@@ -239,3 +247,54 @@ def test_what_the_pool_keeps_per_origin_key_stays_bounded(monkeypatch):
 
     sizes, c = run(go())
     assert max(sizes) <= 2 and c["requests"] == 4 and c["http_tunnels_opened"] == 4, (sizes, c)
+
+
+def test_the_first_request_goes_right_behind_the_connect():
+    """No round trip waits for the 200: a proxy that answers CONNECT only once the request's
+    bytes arrived still serves it (a pool waiting for the 200 first would hang here)."""
+
+    async def go():
+        async with Origin() as origin, serving(Proxy(answer_after_request=True)) as proxy:
+            async with pool_for(proxy, plain_http="tunnel") as pool:
+                first = await get(pool, origin.port, "/echo?first")
+                again = await get(pool, origin.port, "/echo?again")
+                return proxy, first, again, pool.counters()
+
+    proxy, first, again, c = run(go())
+    assert json.loads(first[1])["target"] == "/echo?first" and json.loads(again[1])["target"] == "/echo?again"
+    assert len(proxy.connects) == 1 and c["reused"] == 1, c
+
+
+def test_a_proxy_connection_closed_at_the_connect_is_retried_once():
+    """A (warm) proxy connection that closes on the CONNECT before answering: the idempotent
+    request goes again on a new tunnel instead of failing."""
+
+    async def go():
+        async with Origin() as origin, serving(Proxy(drop_first=True)) as proxy:
+            async with pool_for(proxy, plain_http="tunnel") as pool:
+                result = await get(pool, origin.port, "/echo")
+                return proxy, result, pool.counters()
+
+    proxy, result, c = run(go())
+    assert result[0] == 200 and len(proxy.connects) == 2 and c["retries"] == 1, c
+
+
+def test_a_refused_connect_with_a_request_body_is_an_error_and_later_requests_forward():
+    """A body already sent behind a refused CONNECT is not sent twice: that request fails
+    with the proxy's reason (one line); the next one goes as a proxy request."""
+
+    async def go():
+        async with Origin() as origin, serving(Proxy(allow={443})) as proxy:
+            async with pool_for(proxy, plain_http="tunnel") as pool:
+                async with app_flow(pool, dst=("127.0.0.1", origin.port)) as (reader, writer, _, _):
+                    writer.write(f"POST /echo HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n"
+                                 "Content-Length: 2\r\n\r\nhi".encode())
+                    posted = await read_response(reader)
+                writer.close()
+                later = await get(pool, origin.port, "/echo")
+                return proxy, posted, later, pool.counters()
+
+    proxy, posted, later, c = run(go())
+    assert posted[0] == 502 and b"refused CONNECT" in posted[2] and posted[2].count(b"\n") == 1, posted
+    assert later == (200, b"forwarded") and len(proxy.connects) == 1, proxy.connects
+    assert c["http_tunnels_refused"] == 1, c
