@@ -357,8 +357,7 @@ class UpstreamPool:
             key = http_origin_key(snap.key, host, port)
         else:
             key = snap.key
-        self._remember(key, snap)
-        return key
+        return key  # _acquire remembers its snapshot
 
     def _remember(self, key: PoolKey, snap: ProxySnapshot) -> None:
         """Keep ``key``'s proxy snapshot for its openers. Keys come per origin (direct, TLS
