@@ -13,7 +13,10 @@ so no number of other users' requests delays root's ``status`` or ``stop``.
 
 The daemon serves the socket from these threads, not from the event loop: during a bulk
 transfer the loop is busy for milliseconds at a time, and ``status`` must not wait for
-its turn. The client side is plain blocking sockets so ``atlantic status`` answers in
+its turn. Root's ``status`` is answered by the reader itself (a ``quick`` handler: it
+never blocks, and may decline, leaving the request to the worker): under saturating
+transfers every hand-over between threads waits for the GIL, and the reader reading the
+request as it accepts and answering at once leaves the fewest. The client side is plain blocking sockets so ``atlantic status`` answers in
 milliseconds without starting an event loop.
 """
 
@@ -144,7 +147,7 @@ def _request_line(data: bytes) -> bytes:
 class _Conn:
     """One accepted connection: its peer, what it sent so far, and when reading gives up."""
 
-    __slots__ = ("data", "deadline", "error", "sock", "uid")
+    __slots__ = ("data", "deadline", "error", "sock", "uid", "unsent")
 
     def __init__(self, sock: socket.socket, uid: int, deadline: float) -> None:
         self.sock = sock
@@ -152,6 +155,7 @@ class _Conn:
         self.deadline = deadline
         self.data = b""
         self.error: str | None = None  # set instead of a request when reading failed
+        self.unsent = b""  # a reply the reader built but could not send at once
 
 
 class ControlServer:
@@ -162,11 +166,15 @@ class ControlServer:
     through ``redact`` (default ``redact_for_others``). Handlers run on the two workers:
     they may read the daemon's objects and hand work to its loop with
     ``call_soon_threadsafe`` or ``run_coroutine_threadsafe``, and call no other asyncio API.
+
+    ``quick[name]`` answers root's ``name`` on the reader thread: it must never block, and
+    returns None to leave the request to ``handlers[name]`` on root's worker.
     """
 
     def __init__(self, path: Path, handlers: dict[str, Handler], privileged: Iterable[str] = (), *,
                  public: Iterable[str] | None = None,
-                 redact: Callable[[dict], dict] | None = redact_for_others):
+                 redact: Callable[[dict], dict] | None = redact_for_others,
+                 quick: dict[str, Callable[[dict], dict | None]] | None = None):
         import queue
         import threading
 
@@ -174,6 +182,7 @@ class ControlServer:
         self.handlers = handlers
         self.public = frozenset(public) if public is not None else frozenset(handlers) - frozenset(privileged)
         self.redact = redact
+        self.quick = dict(quick or {})
         self._listener: socket.socket | None = None
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
@@ -310,6 +319,7 @@ class ControlServer:
             reading[sock] = conn
             self._reading = len(reading)
             sel.register(sock, selectors.EVENT_READ, None)
+            self._read_some(sel, reading, conn)  # a client sends its line as it connects
 
     def _admit(self, uid: int) -> bool:
         with self._lock:
@@ -344,24 +354,45 @@ class ControlServer:
         sel.unregister(conn.sock)
         del reading[conn.sock]
         self._reading = len(reading)
+        if conn.uid == ROOT_UID and self.quick and self._answer_now(conn):
+            return
         (self._root_jobs if conn.uid == ROOT_UID else self._other_jobs).put(conn)
+
+    def _answer_now(self, conn: _Conn) -> bool:
+        """Root's request answered here by a ``quick`` handler; False leaves it to the worker.
+        A reply the socket does not take at once goes to the worker to finish sending."""
+        reply = self._reply(conn, quick=True)
+        if reply is None:
+            return False
+        data = json.dumps(reply).encode() + b"\n"
+        try:
+            sent = conn.sock.send(data)  # non-blocking: a new socket's buffer takes a report
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the client went away
+            sent = len(data)
+        if sent < len(data):
+            conn.unsent = data[sent:]
+            return False
+        conn.sock.close()
+        return True
 
     # ---- the workers: one for root, one for everyone else ----
 
     def _work_forever(self, jobs: queue.SimpleQueue) -> None:
         while (conn := jobs.get()) is not None:
             try:
-                reply = self._reply(conn)
-                conn.sock.setblocking(True)
+                data = conn.unsent or json.dumps(self._reply(conn)).encode() + b"\n"
                 conn.sock.settimeout(WRITE_TIMEOUT_S)
-                conn.sock.sendall(json.dumps(reply).encode() + b"\n")
+                conn.sock.sendall(data)
             except Exception:  # noqa: BLE001 - the client went away, or a reply would not encode
                 pass
             finally:
                 conn.sock.close()
                 self._release(conn.uid)
 
-    def _reply(self, conn: _Conn) -> dict:
+    def _reply(self, conn: _Conn, quick: bool = False) -> dict | None:
+        """The reply to ``conn``'s request; with ``quick``, None unless a quick handler gave one."""
         if conn.error is not None:
             return {"error": conn.error}
         try:
@@ -373,7 +404,9 @@ class ControlServer:
         if not isinstance(request, dict):
             return {"error": 'bad request: send one JSON object on one line, like {"cmd": "status"}'}
         cmd = request.get("cmd")
-        handler = self.handlers.get(cmd) if isinstance(cmd, str) else None
+        handler = (self.quick if quick else self.handlers).get(cmd) if isinstance(cmd, str) else None
+        if quick and handler is None:
+            return None
         if handler is None:
             shown = repr(cmd)
             return {"error": f"unknown command {shown if len(shown) <= 80 else shown[:77] + '...'}"}
@@ -381,6 +414,8 @@ class ControlServer:
             return {"error": f"`{cmd}` needs root: run it with sudo"}
         try:
             reply = handler(request)
+            if reply is None and quick:
+                return None
         except Exception as exc:  # noqa: BLE001 - the client gets one line, the daemon goes on
             detail = (str(exc) or type(exc).__name__) if conn.uid == ROOT_UID else type(exc).__name__
             return {"error": f"`{cmd}` failed: {detail}"}

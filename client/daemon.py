@@ -448,7 +448,7 @@ class Daemon:
             "status": lambda _req: self.status_from_thread(),
             "stop": lambda _req: self._stop(),
             "memory": lambda req: self.memory.report(sites=bool(req.get("sites", True))),  # root only (not in PUBLIC_COMMANDS)
-        }, public=PUBLIC_COMMANDS)
+        }, public=PUBLIC_COMMANDS, quick={"status": lambda _req: self.status_without_loop()})
 
     def _stop_for_restart(self) -> None:
         """SIGUSR2 (a package upgrade): drain and exit with RESTART_EXIT, leaving routing and
@@ -470,12 +470,20 @@ class Daemon:
         changes at that moment raises RuntimeError ("changed size during iteration"), and the
         next try gets through. Only if every try fails is the loop asked, between its steps.
         """
+        report = self.status_without_loop()
+        if report is not None:
+            return report
+        return asyncio.run_coroutine_threadsafe(self._status_on_loop(), self.loop).result(STATUS_LOOP_TIMEOUT_S)
+
+    def status_without_loop(self) -> dict | None:
+        """The status report if one of ``STATUS_TRIES`` reads gets through, else None; never
+        waits (the control socket's reader answers root with it)."""
         for _ in range(STATUS_TRIES):
             try:
                 return self.status()
             except RuntimeError:
                 pass
-        return asyncio.run_coroutine_threadsafe(self._status_on_loop(), self.loop).result(STATUS_LOOP_TIMEOUT_S)
+        return None
 
     async def _status_on_loop(self) -> dict:
         return self.status()

@@ -31,12 +31,12 @@ from atlantic.pool.errors import RemoteProtocolError, UpstreamError
 from atlantic.pool.h2stream import H2Stream
 from atlantic.pool.http11 import ConnectionLost
 from atlantic.pool.keepalive import KeepAlive, PingKind
-from atlantic.pool.transport import Transport
+from atlantic.pool.transport import READ_CHUNK, Transport
 
 __all__ = ["ByteTransport", "H2Connection", "H2Event", "H2Stream", "WINDOW"]
 
 WINDOW = 1 << 24
-READ_SIZE = 262144
+READ_SIZE = READ_CHUNK  # a read as the transport keeps it: handed over without a join
 CLOSE_TIMEOUT = 1.0  # aclose waits this long for the background task to stop
 _S = h2.settings.SettingCodes
 

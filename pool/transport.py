@@ -16,6 +16,7 @@ import collections
 import os
 import socket
 import ssl
+import threading
 
 from atlantic.pool.errors import MarkPermissionError, UpstreamTimeoutError, UpstreamUnreachableError
 from atlantic.pool.splice import ByteCounters, RelayEnd, RelayResult, set_reset_on_close, splice_body
@@ -23,6 +24,20 @@ from atlantic.pool.splice import ByteCounters, RelayEnd, RelayResult, set_reset_
 __all__ = ["Transport", "SocketStream", "open_transport", "proxy_tls_context", "READ_LIMIT"]
 
 READ_LIMIT = 256 * 1024  # reading pauses beyond 2x this buffered: backpressure
+# One socket read (or, over TLS, the plaintext of one pass over the records received) lands
+# in a scratch buffer and leaves it as a bytes object of its own size. Below the allocator's
+# mmap threshold (client/allocator.py, 128 KiB), so a read costs no mmap and no fresh pages:
+# asyncio's own reads allocate 256 KiB each (one per TLS record), which with that threshold
+# was an mmap, an mremap and a munmap per 16 KB record.
+READ_CHUNK = 64 * 1024
+_scratch = threading.local()  # the event loop's thread copies out before it reads again
+
+
+def _scratch_buffer() -> memoryview:
+    view = getattr(_scratch, "view", None)
+    if view is None:
+        view = _scratch.view = memoryview(bytearray(READ_CHUNK))
+    return view
 
 
 def proxy_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -32,13 +47,14 @@ def proxy_tls_context(ca_file: str | None = None) -> ssl.SSLContext:
     return ctx
 
 
-class _Buffered(asyncio.Protocol):
+class _Buffered(asyncio.BufferedProtocol):
     """What asyncio tells a connection: bytes in (kept here), EOF, loss, write pressure.
 
-    Reading pauses while more than ``2 * limit`` bytes wait and resumes once at most
-    ``limit`` do (StreamReader's thresholds). Received chunks are kept as they came (no
-    copy in); ``take`` joins them once, or hands a lone chunk over as it is (measured on
-    an HTTP/2 download: a bytearray's append, slice and delete were 20% of the CPU).
+    asyncio reads into the thread's scratch buffer (:data:`READ_CHUNK`); each read is kept
+    as one bytes chunk. Reading pauses while more than ``2 * limit`` bytes wait and resumes
+    once at most ``limit`` do (StreamReader's thresholds). ``take`` joins chunks once, or
+    hands a lone chunk over as it is (measured on an HTTP/2 download: a bytearray's append,
+    slice and delete were 20% of the CPU).
     """
 
     def __init__(self, limit: int, over_tls: bool) -> None:
@@ -58,6 +74,12 @@ class _Buffered(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _scratch_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_scratch_buffer()[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)

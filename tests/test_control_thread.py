@@ -146,20 +146,14 @@ def test_stop_is_refused_for_other_users(state_dir):
     if os.geteuid() != 0:
         pytest.skip("needs root to act as another user")
     daemon = make_daemon(state_dir)
-    script = ("import json, sys; from pathlib import Path; from atlantic.client.control import request; "
-              "print(json.dumps(request(Path(sys.argv[1]), 'stop')))")
 
     async def go():
         server = await serving(daemon)
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",  # as test_cli does
-                sys.executable, "-c", script, str(daemon.paths.control_socket)]
-        res = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=30)
+        reply = await asyncio.to_thread(_as_nobody, daemon.paths.control_socket, "stop")
         await asyncio.to_thread(server.close)
-        return res
+        return reply
 
-    res = run(go())
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == {"error": "`stop` needs root: run it with sudo"}
+    assert run(go()) == {"error": "`stop` needs root: run it with sudo"}
     assert not daemon.stop_requested and not daemon.stopping.is_set()
 
 
@@ -356,3 +350,69 @@ def test_the_reader_and_roots_worker_run_favoured_and_other_users_worker_does_no
     assert nice == {"atlantic-control-read": control.CONTROL_NICE, "atlantic-control-root": control.CONTROL_NICE,
                     "atlantic-control-users": 0}, nice
     assert _nice(threading.get_native_id()) == 0
+
+
+def _as_nobody(path: Path, cmd: str) -> dict:
+    """``request(path, cmd)`` from a child running as uid 65534 (needs root)."""
+    script = ("import json, sys; from pathlib import Path; from atlantic.client.control import request; "
+              f"print(json.dumps(request(Path(sys.argv[1]), {cmd!r})))")
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", script, str(path)]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_roots_quick_command_is_answered_by_the_reader_and_others_go_to_their_worker(state_dir):
+    """Root's status is built on the reader thread (no hand-over to a worker); another user's
+    status still goes to the users' worker, so a local user's requests never occupy the reader."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    built_on: list[str] = []
+
+    def status(_req):
+        built_on.append(threading.current_thread().name)
+        return {"state": "running"}
+
+    server = ControlServer(state_dir / "c.sock", {"status": status}, public={"status"}, quick={"status": status})
+    server.start()
+    try:
+        assert request(server.path, "status") == {"state": "running"}
+        assert _as_nobody(server.path, "status") == {"state": "running"}
+    finally:
+        server.close()
+    assert built_on == ["atlantic-control-read", "atlantic-control-users"]
+
+
+def test_a_quick_handler_that_declines_leaves_the_request_to_roots_worker(state_dir):
+    """A quick handler returning None (the daemon's status when every try raced the loop)
+    hands the request to the regular handler on root's worker, which answers it."""
+    seen: list[str] = []
+
+    def decline(_req):
+        seen.append("quick:" + threading.current_thread().name)
+
+    def slow(_req):
+        seen.append("worker:" + threading.current_thread().name)
+        return {"state": "from the worker"}
+
+    server = ControlServer(state_dir / "c.sock", {"status": slow}, quick={"status": decline})
+    server.start()
+    try:
+        assert request(server.path, "status") == {"state": "from the worker"}
+        assert raw_request(server.path, b"{nope\n")["error"].startswith("bad request")  # answered by the reader
+    finally:
+        server.close()
+    assert seen == ["quick:atlantic-control-read", "worker:atlantic-control-root"]
+
+
+def test_a_quick_reply_larger_than_the_socket_takes_at_once_arrives_whole(state_dir):
+    """A reply the reader's non-blocking send cannot finish goes to root's worker, which
+    sends the rest: the client reads one complete line."""
+    big = "x" * (4 << 20)  # more than a unix socket's buffer
+    server = ControlServer(state_dir / "c.sock", {"status": lambda _r: {"pad": big}},
+                           quick={"status": lambda _r: {"pad": big}})
+    server.start()
+    try:
+        assert request(server.path, "status", timeout=10) == {"pad": big}
+    finally:
+        server.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 
@@ -277,3 +278,33 @@ def test_buffer_take_returns_bytes_in_order_across_chunk_boundaries():
         assert tr.resumed == 1 and not p.read_paused
 
     asyncio.run(main())
+
+
+def test_reads_through_the_shared_scratch_buffer_keep_every_byte(pki):
+    """asyncio reads into one scratch buffer per thread; each read is copied out as it lands,
+    so chunks left unread while later reads reuse the buffer keep their bytes, plain and
+    over TLS, and no chunk is larger than READ_CHUNK (below the allocator's mmap threshold)."""
+    from atlantic.pool.transport import READ_CHUNK
+
+    payload = os.urandom(3 * READ_CHUNK + 12345)
+
+    async def send_all(r, w):
+        await r.read(1)
+        w.write(payload)
+        await w.drain()
+        w.close()
+
+    async def main(server_ctx, client_ctx):
+        async with server(send_all, server_ctx) as port:
+            t = await connect(port, tls=client_ctx, server_hostname="localhost" if client_ctx else None)
+            t.write(b"go")
+            await until(lambda: t.is_peer_closed() and t._p.size == len(payload))  # all buffered, unread
+            assert all(len(c) <= READ_CHUNK for c in t._p.chunks) and len(t._p.chunks) >= 4
+            assert await read_exactly(t, len(payload)) == payload
+            await t.aclose()
+
+    ca, crt, key = pki
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(crt, key)
+    run(main(None, None))
+    run(main(server_ctx, ssl.create_default_context(cafile=ca)))
