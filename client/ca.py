@@ -22,16 +22,13 @@ from typing import Annotated, Optional
 
 import typer
 
-CA_DIR_ENV = "ATLANTIC_CA_DIR"
+from atlantic.client.ca_paths import CA_DIR_ENV, CERT_FILE, DEFAULT_CA_DIR, KEY_FILE, ca_dir  # noqa: F401 - re-exported
+
 TRUST_DIR_ENV = "ATLANTIC_TRUST_DIR"
 SYSTEM_TRUST_DIR = Path("/usr/local/share/ca-certificates")
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 TRUST_FILE = "atlantic-local-ca.crt"
 UPDATE_TIMEOUT_S = 120.0
-# As in forwarder/localca.py, which is imported only by the commands that need it:
-# cryptography costs ~130 ms, and every `atlantic` command loads this module.
-DEFAULT_CA_DIR = Path("/var/lib/atlantic/ca")
-KEY_FILE, CERT_FILE = "ca.key", "ca.pem"
 
 ca_app = typer.Typer(
     help="The local CA that lets Atlantic pool HTTPS for the domains you list in \\[tls] intercept "
@@ -69,14 +66,6 @@ def _config(path: str | None):
 def configured_domains(cfg) -> tuple[str, ...]:
     """``[tls] intercept`` of a loaded config (empty before that section exists)."""
     return tuple(getattr(getattr(cfg, "tls", None), "intercept", None) or ())
-
-
-def ca_dir(cfg=None) -> Path:
-    """Where the CA lives: $ATLANTIC_CA_DIR, else ``[tls] ca_dir``, else /var/lib/atlantic/ca."""
-    if os.environ.get(CA_DIR_ENV):
-        return Path(os.environ[CA_DIR_ENV])
-    configured = getattr(getattr(cfg, "tls", None), "ca_dir", None)
-    return Path(configured) if configured else DEFAULT_CA_DIR
 
 
 def trust_dir() -> Path:

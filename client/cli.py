@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from atlantic import __version__
+from atlantic.client import up_options
 from atlantic.client.ca import ca_app
 
 app = typer.Typer(
@@ -47,48 +48,16 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def _require_root(what: str) -> None:
-    if os.geteuid() != 0:
-        fail(f"`atlantic {what}` changes routing (or builds network namespaces) and needs root: "
-             f"run `sudo atlantic {what}`")
-
-
-PASSWORD_IN_ARGV_WARNING = (
-    "atlantic: warning: a password in --upstream is visible to every local user (ps, /proc); "
-    "put it in the file upstream.password_file names instead")
+    if (refusal := up_options.needs_root(what)) is not None:
+        fail(refusal)
 
 
 def _load(config: str | None, upstreams: list[str] | None = None, *, secrets: bool = True,
           metrics: str | None = None):
-    from atlantic.client.config import ConfigError
-    from atlantic.client.config_check import load_config
-    from atlantic.client.config_upstream import check_upstream_url
-    from atlantic.pool.upstream import parse_upstream
-
     try:
-        cfg = load_config(config, secrets=secrets)
-    except ConfigError as exc:
+        return up_options.load(config, upstreams, secrets=secrets, metrics=metrics)
+    except up_options.UsageError as exc:
         fail(str(exc))
-    if upstreams:
-        for url in upstreams:
-            if (problem := check_upstream_url(url)) is not None:
-                fail(f"--upstream: {problem}")
-            if parse_upstream(url).password is not None:
-                typer.echo(PASSWORD_IN_ARGV_WARNING, err=True)
-        if len(upstreams) > 1 and "direct" in upstreams:
-            fail("--upstream: direct cannot be one of several upstreams: failing over to it would reveal "
-                 "this machine's address; list proxies only")
-        cfg = cfg.with_upstreams(upstreams)
-    if metrics is not None:
-        from dataclasses import replace
-
-        from atlantic.client.metrics import MetricsError, parse_listen
-
-        try:
-            parse_listen(metrics)
-        except MetricsError as exc:
-            fail(f"--metrics: {exc}")
-        cfg = replace(cfg, daemon=replace(cfg.daemon, metrics=metrics))
-    return cfg
 
 
 @app.command()
@@ -132,21 +101,10 @@ def up(
 
 
 def _with_tls(cfg, intercept: list[str] | None, origin_ca: str | None):
-    """``cfg`` with ``--intercept`` / ``--origin-ca``; with domains to intercept, the local CA must exist."""
-    from dataclasses import replace
-
-    from atlantic.client.ca import CERT_FILE, KEY_FILE, ca_dir
-    from atlantic.client.config_tls import with_tls_options
-
-    tls, problem = with_tls_options(cfg.tls, intercept, origin_ca)
-    if problem is not None:
-        fail(problem)
-    if tls.intercept:
-        directory = ca_dir(replace(cfg, tls=tls))
-        if not ((directory / KEY_FILE).exists() and (directory / CERT_FILE).exists()):
-            fail(f"intercepting {', '.join(tls.intercept)} needs the local CA, and {directory} holds none: "
-                 "run `sudo atlantic ca init` (then `sudo atlantic ca install` so applications trust it)")
-    return replace(cfg, tls=tls)
+    try:
+        return up_options.with_tls(cfg, intercept, origin_ca)
+    except up_options.UsageError as exc:
+        fail(str(exc))
 
 
 @app.command()

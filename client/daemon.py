@@ -145,7 +145,7 @@ class Daemon:
             return None
         from datetime import datetime, timezone
 
-        from atlantic.client.ca import ca_dir
+        from atlantic.client.ca_paths import ca_dir
         from atlantic.forwarder.localca import LocalCA, LocalCAError, is_permitted, normalize_domains, renewal_reason
 
         try:

@@ -2,8 +2,10 @@
 
 ``atlantic status [--json] [--config FILE]`` and ``atlantic version`` are answered here
 without typer, rich or the config module: scripts and monitors call ``status`` often, and
-those imports cost several times Python's own ~30 ms start. Everything else goes to the
-typer application in ``cli``.
+those imports cost several times Python's own ~30 ms start. ``atlantic up --foreground``
+(the daemon, as systemd and ``up`` start it) goes to ``up_options`` without typer, so the
+daemon does not carry typer, rich and pydantic in memory for its lifetime. Everything
+else goes to the typer application in ``cli``.
 
 A config file ``status`` can vouch for (absent, or in the strict subset of TOML and of
 the settings' rules that ``config_fast`` reads: the shipped file, and a laptop's with
@@ -135,6 +137,11 @@ def main() -> None:
         sys.exit(0)
     if args[:1] == ["status"] and (parsed := _parse_status_args(args[1:])) is not None:
         sys.exit(fast_status(*parsed))
+    if args[:1] == ["up"] and "--foreground" in args:  # the daemon itself: it keeps no CLI in memory
+        from atlantic.client import up_options
+
+        if (opts := up_options.parse_foreground(args[1:])) is not None:
+            sys.exit(up_options.foreground(opts))
     from atlantic.client.cli import main as cli_main
 
     cli_main()
