@@ -1,0 +1,164 @@
+"""Where a small request's time goes: packet timestamps in the lab's client namespace.
+
+The suite's ``small`` workload gives one number per request (the client's own time). This
+splits it with tcpdump on every interface of the client namespace, for the ideal client
+(one keep-alive connection to Squid) and Atlantic (a new application connection per
+request, carried on a kept connection to Squid):
+
+    network    the request's first byte leaving for the proxy -> the response's first
+               byte back from it (what the delay line, Squid and the origin take)
+    local      the client's time minus the network: for the ideal, Python's own loop;
+               for Atlantic, that plus everything the daemon does
+    in         Atlantic only: the application's request reaching the daemon -> the
+               daemon writing it to the proxy (accept, sniff, parse, pool)
+    out        Atlantic only: the response arriving from the proxy -> the daemon writing
+               it to the application
+
+Medians over ``--count`` requests, for each ``--repeat``; prints a table and writes
+bench/results/small-timeline-<date>.json. Run as root (the lab)::
+
+    .venv/bin/python bench/small_timeline.py [--rtt 40] [--count 200] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import suite  # noqa: E402 - bench/ is not a package
+
+from atlantic.lab import workloads as w  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PEERS = ("ideal", "atlantic-h1")
+SETTLE_S = 1.0  # tcpdump needs a moment before it captures
+
+
+def capture(env, fn, pcap: Path):
+    """Run ``fn()`` while tcpdump records every TCP packet in the client namespace; fn's result."""
+    argv = ["ip", "netns", "exec", env.client_ns, "tcpdump", "-i", "any", "-n", "-s", "128", "-w", str(pcap), "tcp"]
+    dump = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(SETTLE_S)
+        out = fn()
+        time.sleep(SETTLE_S / 2)
+    finally:
+        dump.terminate()
+        dump.wait(10)
+    return out
+
+
+def moments(pcap: Path, proxy_port: int, through_daemon: bool) -> list[dict[str, float]]:
+    """Per request, in order: when its bytes passed each point (seconds, capture clock).
+
+    ``app_req``: the application's GET reaching the daemon; ``up_req``: the first payload to
+    the proxy after the previous response; ``up_resp``: the first payload back from it;
+    ``app_resp``: the daemon's first ``HTTP/`` payload to the application. The ideal client's
+    requests have the proxy points only; ``through_daemon`` keeps only requests an application
+    made (not the health monitor's probes on the same proxy connections).
+    """
+    from scapy.all import TCP, PcapReader  # off the hot path: a benchmark's parser
+
+    out: list[dict[str, float]] = []
+    cur: dict[str, float] = {}
+    with PcapReader(str(pcap)) as packets:
+        for p in packets:
+            if TCP not in p:
+                continue
+            payload = bytes(p[TCP].payload)
+            if not payload:
+                continue
+            t, tcp = float(p.time), p[TCP]
+            if tcp.dport == proxy_port:
+                if "up_req" not in cur:
+                    cur["up_req"] = t
+            elif tcp.sport == proxy_port:
+                if "up_req" in cur and "up_resp" not in cur:
+                    cur["up_resp"] = t
+            elif payload.startswith(b"GET "):
+                cur = {"app_req": t}
+                out.append(cur)
+                continue
+            elif payload.startswith(b"HTTP/"):
+                cur.setdefault("app_resp", t)
+            if not through_daemon and "up_resp" in cur:  # the ideal client: one pair per request
+                out.append(cur)
+                cur = {}
+    return [m for m in out if "up_req" in m and "up_resp" in m and (not through_daemon or "app_resp" in m)]
+
+
+def split(times: list[float], marks: list[dict[str, float]]) -> dict:
+    """Medians (ms) of the client's time and of its parts; the last requests pair up."""
+    n = min(len(times), len(marks))
+    times, marks = times[-n:], marks[-n:]
+    ms = 1000.0
+    net = [(m["up_resp"] - m["up_req"]) * ms for m in marks]
+    row = {"n": n, "client_ms": statistics.median(t * ms for t in times), "network_ms": statistics.median(net),
+           "local_ms": statistics.median(t * ms - x for t, x in zip(times, net))}
+    if all("app_req" in m and "app_resp" in m for m in marks):
+        row["in_ms"] = statistics.median((m["up_req"] - m["app_req"]) * ms for m in marks)
+        row["out_ms"] = statistics.median((m["app_resp"] - m["up_resp"]) * ms for m in marks)
+    return row
+
+
+def run(args) -> dict:
+    env = suite.lab_at(args.rtt)
+    peers = {p.slug: p for p in suite.PEERS}
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="atl-timeline-") as tmp:
+        for rep in range(1, args.repeat + 1):
+            for slug in PEERS:
+                peer = peers[slug]
+                pcap = Path(tmp) / f"{slug}-{rep}.pcap"
+                if peer.kind == "ideal":
+                    out = capture(env, lambda: w.small_requests(env, "ideal", args.count), pcap)
+                else:
+                    with suite.running(env, peer):
+                        w.small_requests(env, "plain", 5)  # the kept connection is open before we time
+                        out = capture(env, lambda: w.small_requests(env, "plain", args.count), pcap)
+                row = {"peer": peer.name, "repeat": rep, **split(out["times"], moments(pcap, env.squid_port, peer.kind != "ideal"))}
+                rows.append(row)
+                parts = "".join(f"  {k[:-3]} {row[k]:.2f}" for k in ("in_ms", "out_ms") if k in row)
+                print(f"rep {rep} {peer.name:12} client {row['client_ms']:.2f}  network {row['network_ms']:.2f}"
+                      f"  local {row['local_ms']:.2f}{parts}  (n {row['n']})", file=sys.stderr, flush=True)
+    return {"benchmark": "small-timeline", "meta": {**suite.machine(), "rtt_ms": args.rtt, "count": args.count},
+            "rows": rows}
+
+
+def table(result: dict) -> str:
+    lines = [f"Small requests at RTT {result['meta']['rtt_ms']:g} ms, medians (ms) per repeat",
+             "", "| peer | repeat | client | network | local | in | out |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        cells = [f"{r[k]:.2f}" if k in r else "-" for k in ("client_ms", "network_ms", "local_ms", "in_ms", "out_ms")]
+        lines.append(f"| {r['peer']} | {r['repeat']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rtt", type=float, default=40.0)
+    ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    result = run(args)
+    text = table(result)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"small-timeline-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem.with_suffix(".md").write_text(text + "\n")
+    print(f"\nwrote {stem}.{{json,md}}")
+    return stem
+
+
+if __name__ == "__main__":
+    main()
