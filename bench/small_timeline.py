@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
 import statistics
 import subprocess
 import sys
@@ -39,20 +40,31 @@ from atlantic.lab import workloads as w  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("ideal", "atlantic-h1")
-SETTLE_S = 1.0  # tcpdump needs a moment before it captures
+LISTEN_TIMEOUT_S = 10.0
+SETTLE_S = 0.5  # after "listening on", and before stopping tcpdump (it writes what it holds)
 
 
 def capture(env, fn, pcap: Path):
-    """Run ``fn()`` while tcpdump records every TCP packet in the client namespace; fn's result."""
-    argv = ["ip", "netns", "exec", env.client_ns, "tcpdump", "-i", "any", "-n", "-s", "128", "-w", str(pcap), "tcp"]
-    dump = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Run ``fn()`` while tcpdump records every TCP packet in the client namespace; fn's result.
+    ``fn`` starts once tcpdump says it is listening (a short run would otherwise go unseen)."""
+    argv = ["ip", "netns", "exec", env.client_ns, "tcpdump", "-i", "any", "-n", "--immediate-mode", "-U", "-s", "128",
+            "-w", str(pcap), "tcp"]  # immediate: a short run ends before a capture block would fill
+    dump = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
+        while time.monotonic() < deadline and select.select([dump.stderr], [], [], 0.5)[0]:
+            line = dump.stderr.readline()
+            if not line or line.startswith("listening on"):
+                break
+        if dump.poll() is not None:
+            raise RuntimeError(f"tcpdump exited ({dump.returncode}) in {env.client_ns}")
         time.sleep(SETTLE_S)
         out = fn()
-        time.sleep(SETTLE_S / 2)
+        time.sleep(SETTLE_S)
     finally:
         dump.terminate()
         dump.wait(10)
+        dump.stderr.close()
     return out
 
 
