@@ -16,8 +16,9 @@ transfer the loop is busy for milliseconds at a time, and ``status`` must not wa
 its turn. Root's ``status`` is answered by the reader itself (a ``quick`` handler: it
 never blocks, and may decline, leaving the request to the worker): under saturating
 transfers every hand-over between threads waits for the GIL, and the reader reading the
-request as it accepts and answering at once leaves the fewest. The client side is plain blocking sockets so ``atlantic status`` answers in
-milliseconds without starting an event loop.
+request as it accepts and answering at once leaves the fewest. The client side is plain
+blocking sockets so ``atlantic status`` answers in milliseconds without starting an event
+loop.
 """
 
 from __future__ import annotations
