@@ -301,6 +301,7 @@ def test_forwarding_failures_become_servfail():
             d = interceptor(open_tunnel=opener, send=sent.append, timeout_s=0.3)
             await forwarded(d, q("x.test", "TXT"), sent)
             results.append((IP(sent[0])[DNS].rcode, d.stats().servfail))
+            await d.aclose()  # its forwarding task must not outlive it (else GC'd while suspended)
             if srv:
                 srv.close()
         return results
