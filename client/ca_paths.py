@@ -9,8 +9,8 @@ from pathlib import Path
 __all__ = ["CA_DIR_ENV", "CERT_FILE", "DEFAULT_CA_DIR", "KEY_FILE", "ca_dir"]
 
 CA_DIR_ENV = "ATLANTIC_CA_DIR"
-# As in forwarder/localca.py, which is imported only by the commands that need it:
-# cryptography costs ~130 ms, and every `atlantic` command loads this module.
+# The same as forwarder/localca.py's, which only the commands that need it import
+# (cryptography costs ~130 ms).
 DEFAULT_CA_DIR = Path("/var/lib/atlantic/ca")
 KEY_FILE, CERT_FILE = "ca.key", "ca.pem"
 

@@ -120,6 +120,8 @@ def foreground(opts: dict[str, list[str]]) -> int:
     """``atlantic up --foreground`` with :func:`parse_foreground`'s options: run the daemon in
     this process until it stops; the exit code. A refusal is one line on stderr, as typer's
     ``up`` prints it."""
+    from atlantic.client.lifecycle import LifecycleError, run_foreground
+
     def last(name: str) -> str | None:
         return opts[name][-1] if opts.get(name) else None
 
@@ -127,14 +129,8 @@ def foreground(opts: dict[str, list[str]]) -> int:
         if (refusal := needs_root("up")) is not None:
             raise UsageError(refusal)
         cfg = load(last("--config"), opts.get("--upstream"), metrics=last("--metrics"))
-        cfg = with_tls(cfg, opts.get("--intercept"), last("--origin-ca"))
-        from atlantic.client import lifecycle
-
-        try:
-            lifecycle.run_foreground(cfg)
-        except lifecycle.LifecycleError as exc:
-            raise UsageError(str(exc)) from None
-    except UsageError as exc:
+        run_foreground(with_tls(cfg, opts.get("--intercept"), last("--origin-ca")))
+    except (UsageError, LifecycleError) as exc:
         print(f"atlantic: {exc}", file=sys.stderr)
         return 1
     return 0

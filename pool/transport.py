@@ -59,6 +59,7 @@ class _Buffered(asyncio.BufferedProtocol):
 
     def __init__(self, limit: int, over_tls: bool) -> None:
         self.limit = limit
+        self.scratch = _scratch_buffer()  # made on the loop's thread, which does the reads
         self.over_tls = over_tls
         self.transport: asyncio.Transport | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
@@ -76,10 +77,10 @@ class _Buffered(asyncio.BufferedProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _scratch_buffer()
+        return self.scratch
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(_scratch_buffer()[:nbytes]))
+        self.data_received(bytes(self.scratch[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
