@@ -317,10 +317,14 @@ class ControlServer:
                 continue
             sock.setblocking(False)
             conn = _Conn(sock, uid, time.monotonic() + READ_TIMEOUT_S)
+            # A client sends its line as it connects: read it before registering, so the
+            # common request costs no epoll_ctl (each system call here releases the GIL,
+            # and taking it back from a busy loop can take a switch interval or more).
+            if self._read_some(sel, reading, conn):
+                continue
             reading[sock] = conn
             self._reading = len(reading)
             sel.register(sock, selectors.EVENT_READ, None)
-            self._read_some(sel, reading, conn)  # a client sends its line as it connects
 
     def _admit(self, uid: int) -> bool:
         with self._lock:
@@ -340,21 +344,24 @@ class ControlServer:
             else:
                 self._per_uid.pop(uid, None)
 
-    def _read_some(self, sel: selectors.BaseSelector, reading: dict, conn: _Conn) -> None:
+    def _read_some(self, sel: selectors.BaseSelector, reading: dict, conn: _Conn) -> bool:
+        """Read what ``conn`` has sent; True once its request is complete (and handed on)."""
         try:
             chunk = conn.sock.recv(MAX_REQUEST + 1)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             chunk = b""
         conn.data += chunk
         if not chunk or b"\n" in conn.data or len(conn.data) > MAX_REQUEST:
             self._finish_reading(sel, reading, conn)
+            return True
+        return False
 
     def _finish_reading(self, sel: selectors.BaseSelector, reading: dict, conn: _Conn) -> None:
-        sel.unregister(conn.sock)
-        del reading[conn.sock]
-        self._reading = len(reading)
+        if reading.pop(conn.sock, None) is not None:  # registered: it did not come whole at once
+            sel.unregister(conn.sock)
+            self._reading = len(reading)
         if conn.uid == ROOT_UID and self.quick and self._answer_now(conn):
             return
         (self._root_jobs if conn.uid == ROOT_UID else self._other_jobs).put(conn)
@@ -453,6 +460,8 @@ def request(path: Path, cmd: str, timeout: float = 2.0, **args) -> dict:
                 if not chunk:
                     break
                 chunks.append(chunk)
+                if chunk.endswith(b"\n"):
+                    break  # the reply is one line: no need to wait for the server's close
         except (FileNotFoundError, ConnectionRefusedError):
             raise ControlError("the daemon is not running") from None
         except PermissionError:

@@ -416,3 +416,42 @@ def test_a_quick_reply_larger_than_the_socket_takes_at_once_arrives_whole(state_
         assert request(server.path, "status", timeout=10) == {"pad": big}
     finally:
         server.close()
+
+
+def test_a_request_that_comes_in_pieces_is_answered_once_its_line_is_whole(echo_server):
+    """The reader answers a request sent whole without registering its socket; one that
+    comes in pieces is registered and read as its pieces arrive."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(echo_server.path))
+        s.sendall(b'{"cmd": "echo", ')
+        time.sleep(0.2)  # the reader has read the first piece and gone back to waiting
+        s.sendall(b'"text": "joined"}\n')
+        reply = s.makefile("rb").readline()
+    assert json.loads(reply) == {"echo": "joined"}
+    assert request(echo_server.path, "echo", text="whole") == {"echo": "whole"}
+
+
+def test_the_client_returns_at_the_end_of_the_reply_line_not_at_the_servers_close(state_dir):
+    """``request`` reads the one reply line and returns; a server slow to close (a worker
+    busy after sending) costs the client nothing."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(state_dir / "slow-close.sock"))
+    listener.listen(1)
+    answered = threading.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.makefile("rb").readline()
+            conn.sendall(b'{"state": "up"}\n')
+            answered.wait(30)  # the connection stays open until the client has its reply
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        assert request(state_dir / "slow-close.sock", "status", timeout=10) == {"state": "up"}
+    finally:
+        answered.set()
+        server.join(10)
+        listener.close()
