@@ -17,13 +17,21 @@ request, carried on a kept connection to Squid):
 Medians over ``--count`` requests, for each ``--repeat``; prints a table and writes
 bench/results/small-timeline-<date>.json. Run as root (the lab)::
 
-    .venv/bin/python bench/small_timeline.py [--rtt 40] [--count 200] [--repeat 2]
+    .venv/bin/python bench/small_timeline.py [--rtt 40] [--count 200] [--repeat 2] [--awake]
+
+``--awake`` measures every peer twice per repeat: as it is, and with one busy loop per CPU
+at nice 19 (``awake`` rows): every process of the lab preempts them at once, but no CPU
+halts while a request waits for the network. Between requests 80 ms apart an idle virtual
+CPU halts, and waking it (the hypervisor runs it again) is a cost of the machine that
+lands on whatever wakes first; the difference between the two rows is that cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import select
 import statistics
 import subprocess
@@ -121,6 +129,26 @@ def split(times: list[float], marks: list[dict[str, float]]) -> dict:
     return row
 
 
+SPIN_LIFETIME_S = 600.0  # a busy loop ends by itself after this, whatever happens
+SPIN = ("import os, time\n"
+        "os.nice(19)\n"
+        f"end = time.monotonic() + {SPIN_LIFETIME_S}\n"
+        "while time.monotonic() < end:\n"
+        "    pass\n")
+
+
+@contextlib.contextmanager
+def cpus_awake(on: bool):
+    """With ``on``: one busy loop per CPU at nice 19 for the duration, ended by PID."""
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(os.cpu_count() or 1)] if on else []
+    try:
+        yield
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait(10)
+
+
 def run(args) -> dict:
     env = suite.lab_at(args.rtt)
     peers = {p.slug: p for p in suite.PEERS}
@@ -128,29 +156,34 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="atl-timeline-") as tmp:
         for rep in range(1, args.repeat + 1):
             for slug in PEERS:
-                peer = peers[slug]
-                pcap = Path(tmp) / f"{slug}-{rep}.pcap"
-                if peer.kind == "ideal":
-                    out = capture(env, lambda: w.small_requests(env, "ideal", args.count), pcap)
-                else:
-                    with suite.running(env, peer):
-                        w.small_requests(env, "plain", 5)  # the kept connection is open before we time
-                        out = capture(env, lambda: w.small_requests(env, "plain", args.count), pcap)
-                row = {"peer": peer.name, "repeat": rep, **split(out["times"], moments(pcap, env.squid_port, peer.kind != "ideal"))}
-                rows.append(row)
-                parts = "".join(f"  {k[:-3]} {row[k]:.2f}" for k in ("in_ms", "out_ms") if k in row)
-                print(f"rep {rep} {peer.name:12} client {row['client_ms']:.2f}  network {row['network_ms']:.2f}"
-                      f"  local {row['local_ms']:.2f}{parts}  (n {row['n']})", file=sys.stderr, flush=True)
-    return {"benchmark": "small-timeline", "meta": {**suite.machine(), "rtt_ms": args.rtt, "count": args.count},
-            "rows": rows}
+                for awake in (False, True) if args.awake else (False,):
+                    peer = peers[slug]
+                    pcap = Path(tmp) / f"{slug}-{rep}-{awake}.pcap"
+                    with cpus_awake(awake):
+                        if peer.kind == "ideal":
+                            out = capture(env, lambda: w.small_requests(env, "ideal", args.count), pcap)
+                        else:
+                            with suite.running(env, peer):
+                                w.small_requests(env, "plain", 5)  # the kept connection is open before we time
+                                out = capture(env, lambda: w.small_requests(env, "plain", args.count), pcap)
+                    row = {"peer": peer.name, "repeat": rep, "awake": awake,
+                           **split(out["times"], moments(pcap, env.squid_port, peer.kind != "ideal"))}
+                    rows.append(row)
+                    parts = "".join(f"  {k[:-3]} {row[k]:.2f}" for k in ("in_ms", "out_ms") if k in row)
+                    print(f"rep {rep} {peer.name:12}{' awake' if awake else ''} client {row['client_ms']:.2f}  "
+                          f"network {row['network_ms']:.2f}  local {row['local_ms']:.2f}{parts}  (n {row['n']})",
+                          file=sys.stderr, flush=True)
+    return {"benchmark": "small-timeline", "meta": {**suite.machine(), "rtt_ms": args.rtt, "count": args.count,
+                                                    "awake": args.awake}, "rows": rows}
 
 
 def table(result: dict) -> str:
-    lines = [f"Small requests at RTT {result['meta']['rtt_ms']:g} ms, medians (ms) per repeat",
+    lines = [f"Small requests at RTT {result['meta']['rtt_ms']:g} ms, medians (ms) per repeat"
+             + (" (awake: a nice-19 busy loop per CPU, so no CPU halts)" if result["meta"].get("awake") else ""),
              "", "| peer | repeat | client | network | local | in | out |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         cells = [f"{r[k]:.2f}" if k in r else "-" for k in ("client_ms", "network_ms", "local_ms", "in_ms", "out_ms")]
-        lines.append(f"| {r['peer']} | {r['repeat']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['peer']}{' awake' if r.get('awake') else ''} | {r['repeat']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -159,6 +192,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--rtt", type=float, default=40.0)
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--awake", action="store_true", help="also measure with no CPU halting (see above)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     result = run(args)

@@ -3,7 +3,9 @@ client's times split into network and local parts (a pcap written with scapy her
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,43 @@ def test_moments_of_the_ideal_client_pair_each_request_with_its_answer(tmp_path)
     row = small_timeline.split([0.0805, 0.0803, 0.0804], marks)  # the first time has no capture: dropped
     assert row["n"] == 2 and "in_ms" not in row
     assert row["network_ms"] == pytest.approx(80.0)
+
+
+def test_cpus_awake_starts_a_busy_loop_per_cpu_and_ends_them_all():
+    with small_timeline.cpus_awake(True):
+        children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_spinner_of_ours(p)]
+        assert len(children) == os.cpu_count()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(_nice(p) == 19 for p in children):  # each renices itself
+            time.sleep(0.05)
+        assert all(_nice(p) == 19 for p in children)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_is_spinner_of_ours(p) for p in children if p.exists()):
+        time.sleep(0.05)
+    assert not any(p.exists() and _is_spinner_of_ours(p) for p in children)
+    with small_timeline.cpus_awake(False):
+        assert not any(_is_spinner_of_ours(p) for p in Path("/proc").iterdir() if p.name.isdigit())
+
+
+def _nice(proc: Path) -> int:
+    return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def _is_spinner_of_ours(proc: Path) -> bool:
+    try:
+        stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        return int(stat[1]) == os.getpid() and stat[0] != "Z" and b"os.nice(19)" in (proc / "cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def test_the_table_marks_the_awake_rows():
+    result = {"meta": {"rtt_ms": 40.0, "awake": True}, "rows": [
+        {"peer": "atlantic h1", "repeat": 1, "awake": False, "client_ms": 83.2, "network_ms": 81.8, "local_ms": 1.4,
+         "in_ms": 0.53, "out_ms": 0.55},
+        {"peer": "atlantic h1", "repeat": 1, "awake": True, "client_ms": 83.1, "network_ms": 81.3, "local_ms": 1.6,
+         "in_ms": 0.32, "out_ms": 0.50}]}
+    text = small_timeline.table(result)
+    assert "| atlantic h1 | 1 | 83.20 | 81.80 | 1.40 | 0.53 | 0.55 |" in text
+    assert "| atlantic h1 awake | 1 | 83.10 | 81.30 | 1.60 | 0.32 | 0.50 |" in text
+    assert "no CPU halts" in text.splitlines()[0]
