@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import socket
 
@@ -95,7 +96,11 @@ def test_flows_beyond_max_flows_are_reset_at_once_counted_and_shown(caplog):
             first, second = await tunnel(port), await tunnel(port)
             refused = []
             for _ in range(3):
-                r, w = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    r, w = await asyncio.open_connection("127.0.0.1", port)
+                except ConnectionResetError:  # reset before this loop saw its connect complete
+                    refused.append(True)
+                    continue
                 refused.append(await ended_by_reset(r))
                 w.close()
             status = d.counters()
@@ -113,6 +118,35 @@ def test_flows_beyond_max_flows_are_reset_at_once_counted_and_shown(caplog):
     assert status["last_error"]["message"].startswith("too many flows: 2 open, limit 2 (daemon.max_flows)")
     assert status["last_error"]["count"] == 3
     assert len([r for r in caplog.records if "too many flows" in r.getMessage()]) == 1
+
+
+def test_an_accept_without_descriptors_is_noted_then_accepting_resumes(caplog):
+    """Out of descriptors at accept (EMFILE): one line, accepting pauses for ACCEPT_RETRY_S,
+    and the connection waiting in the backlog is served once descriptors are free again."""
+
+    async def main():
+        async with echo_server() as echo, dispatching(to(echo), max_flows=1000) as (d, port):
+            client = socket.socket()
+            client.setblocking(False)
+            lowest_free = os.open("/dev/null", os.O_RDONLY)  # the kernel gives the lowest free number
+            os.close(lowest_free)
+            with nofile(lowest_free):  # no descriptor left for anything new in this process
+                with contextlib.suppress(BlockingIOError):
+                    client.connect(("127.0.0.1", port))  # the kernel completes it: it waits in the backlog
+                await until(lambda: any(k.startswith("accept failed") for k in d.errors))
+                assert d.flows_total == 0
+            await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
+            r, w = await asyncio.open_connection(sock=client)
+            w.write(client_hello())
+            echoed = await r.readexactly(len(client_hello()))
+            w.close()
+            return echoed, d.flows_total
+
+    with caplog.at_level(logging.WARNING, logger="atlantic"):
+        echoed, total = run(main())
+    assert echoed == client_hello() and total == 1
+    assert [r.getMessage() for r in caplog.records if "accept failed" in r.getMessage()] == \
+        ["accept failed: Too many open files"]
 
 
 def test_status_shows_the_limits_derived_from_the_descriptor_limit():
