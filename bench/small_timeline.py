@@ -155,10 +155,9 @@ def run(args) -> dict:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="atl-timeline-") as tmp:
         for rep in range(1, args.repeat + 1):
-            for slug in PEERS:
+            for peer in (peers[slug] for slug in PEERS):
                 for awake in (False, True) if args.awake else (False,):
-                    peer = peers[slug]
-                    pcap = Path(tmp) / f"{slug}-{rep}-{awake}.pcap"
+                    pcap = Path(tmp) / f"{peer.slug}-{rep}-{awake}.pcap"
                     with cpus_awake(awake):
                         if peer.kind == "ideal":
                             out = capture(env, lambda: w.small_requests(env, "ideal", args.count), pcap)

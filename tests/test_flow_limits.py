@@ -121,8 +121,8 @@ def test_flows_beyond_max_flows_are_reset_at_once_counted_and_shown(caplog):
 
 
 def test_an_accept_without_descriptors_is_noted_then_accepting_resumes(caplog):
-    """Out of descriptors at accept (EMFILE): one line, accepting pauses for ACCEPT_RETRY_S,
-    and the connection waiting in the backlog is served once descriptors are free again."""
+    """Out of descriptors at accept (EMFILE): one line, accepting backs off (0.1 s), and the
+    connection waiting in the backlog is served once descriptors are free again."""
 
     async def main():
         async with echo_server() as echo, dispatching(to(echo), max_flows=1000) as (d, port):

@@ -1,5 +1,6 @@
-"""bench/small_timeline.py's parser: a capture's packets become per-request moments, and the
-client's times split into network and local parts (a pcap written with scapy here)."""
+"""bench/small_timeline.py: its parser (a capture's packets become per-request moments, and the
+client's times split into network and local parts; a pcap written with scapy here), its
+``--awake`` busy loops and its table."""
 
 from __future__ import annotations
 
