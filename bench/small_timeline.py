@@ -13,6 +13,10 @@ request, carried on a kept connection to Squid):
                daemon writing it to the proxy (accept, sniff, parse, pool)
     out        Atlantic only: the response arriving from the proxy -> the daemon writing
                it to the application
+    cpu        Atlantic only: the daemon's CPU time per request (all its threads, from
+               /proc/PID/task/*/schedstat over the timed requests, divided by their number:
+               accept to close, plus what runs in the background meanwhile)
+    waiting    Atlantic only: the same for the daemon's time runnable but waiting for a CPU
 
 Medians over ``--count`` requests, for each ``--repeat``; prints a table and writes
 bench/results/small-timeline-<date>.json. Run as root (the lab)::
@@ -115,6 +119,20 @@ def moments(pcap: Path, proxy_port: int, through_daemon: bool) -> list[dict[str,
     return [m for m in out if "up_req" in m and "up_resp" in m and (not through_daemon or "app_resp" in m)]
 
 
+def daemon_clock(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable and waiting for one) summed over the threads
+    ``pid`` has now (schedstat: nanoseconds; a thread that ended takes its share with it)."""
+    on = waiting = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            run_ns, wait_ns, _ = (task / "schedstat").read_text().split()
+        except (OSError, ValueError):  # ended between the listing and the read
+            continue
+        on += int(run_ns)
+        waiting += int(wait_ns)
+    return on / 1e9, waiting / 1e9
+
+
 def split(times: list[float], marks: list[dict[str, float]]) -> dict:
     """Medians (ms) of the client's time and of its parts; the last requests pair up."""
     n = min(len(times), len(marks))
@@ -149,6 +167,15 @@ def cpus_awake(on: bool):
             proc.wait(10)
 
 
+def timed(pid: int, env, count: int) -> tuple[dict, tuple[float, float]]:
+    """``count`` small requests through the daemon ``pid``; their times, and the daemon's
+    CPU time and wait for a CPU over them (seconds)."""
+    before = daemon_clock(pid)
+    out = w.small_requests(env, "plain", count)
+    after = daemon_clock(pid)
+    return out, (after[0] - before[0], after[1] - before[1])
+
+
 def run(args) -> dict:
     env = suite.lab_at(args.rtt)
     peers = {p.slug: p for p in suite.PEERS}
@@ -161,14 +188,18 @@ def run(args) -> dict:
                     with cpus_awake(awake):
                         if peer.kind == "ideal":
                             out = capture(env, lambda: w.small_requests(env, "ideal", args.count), pcap)
+                            used = None
                         else:
-                            with suite.running(env, peer):
+                            with suite.running(env, peer) as r:
                                 w.small_requests(env, "plain", 5)  # the kept connection is open before we time
-                                out = capture(env, lambda: w.small_requests(env, "plain", args.count), pcap)
+                                out, used = capture(env, lambda: timed(r.pid, env, args.count), pcap)
                     row = {"peer": peer.name, "repeat": rep, "awake": awake,
                            **split(out["times"], moments(pcap, env.squid_port, peer.kind != "ideal"))}
+                    if used is not None:
+                        row["cpu_ms"], row["waiting_ms"] = (x * 1000 / len(out["times"]) for x in used)
                     rows.append(row)
-                    parts = "".join(f"  {k[:-3]} {row[k]:.2f}" for k in ("in_ms", "out_ms") if k in row)
+                    parts = "".join(f"  {k[:-3]} {row[k]:.2f}" for k in ("in_ms", "out_ms", "cpu_ms", "waiting_ms")
+                                    if k in row)
                     print(f"rep {rep} {peer.name:12}{' awake' if awake else ''} client {row['client_ms']:.2f}  "
                           f"network {row['network_ms']:.2f}  local {row['local_ms']:.2f}{parts}  (n {row['n']})",
                           file=sys.stderr, flush=True)
@@ -179,9 +210,11 @@ def run(args) -> dict:
 def table(result: dict) -> str:
     lines = [f"Small requests at RTT {result['meta']['rtt_ms']:g} ms, medians (ms) per repeat"
              + (" (awake: a nice-19 busy loop per CPU, so no CPU halts)" if result["meta"].get("awake") else ""),
-             "", "| peer | repeat | client | network | local | in | out |", "|---|---|---|---|---|---|---|"]
+             "", "| peer | repeat | client | network | local | in | out | daemon CPU per request | waiting for a CPU |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        cells = [f"{r[k]:.2f}" if k in r else "-" for k in ("client_ms", "network_ms", "local_ms", "in_ms", "out_ms")]
+        cells = [f"{r[k]:.2f}" if k in r else "-"
+                 for k in ("client_ms", "network_ms", "local_ms", "in_ms", "out_ms", "cpu_ms", "waiting_ms")]
         lines.append(f"| {r['peer']}{' awake' if r.get('awake') else ''} | {r['repeat']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

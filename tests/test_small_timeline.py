@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -95,7 +96,38 @@ def test_the_table_marks_the_awake_rows():
          "in_ms": 0.53, "out_ms": 0.55},
         {"peer": "atlantic h1", "repeat": 1, "awake": True, "client_ms": 83.1, "network_ms": 81.3, "local_ms": 1.6,
          "in_ms": 0.32, "out_ms": 0.50}]}
+    result["rows"][0].update(cpu_ms=0.95, waiting_ms=0.04)
     text = small_timeline.table(result)
-    assert "| atlantic h1 | 1 | 83.20 | 81.80 | 1.40 | 0.53 | 0.55 |" in text
-    assert "| atlantic h1 awake | 1 | 83.10 | 81.30 | 1.60 | 0.32 | 0.50 |" in text
+    assert "| atlantic h1 | 1 | 83.20 | 81.80 | 1.40 | 0.53 | 0.55 | 0.95 | 0.04 |" in text
+    assert "| atlantic h1 awake | 1 | 83.10 | 81.30 | 1.60 | 0.32 | 0.50 | - | - |" in text
     assert "no CPU halts" in text.splitlines()[0]
+
+
+def test_daemon_clock_sums_the_cpu_time_of_every_thread():
+    """Two threads of this process busy for a while both show in its time on a CPU (the
+    worker is still alive when read: a thread that ended takes its share with it)."""
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    measured = threading.Event()
+    spun = threading.Event()
+
+    def work() -> None:
+        spin(0.2)
+        spun.set()
+        measured.wait(30)
+
+    before = small_timeline.daemon_clock(os.getpid())
+    worker = threading.Thread(target=work)
+    worker.start()
+    try:
+        spin(0.1)  # this thread too
+        assert spun.wait(30)
+        on_cpu, waiting = (a - b for a, b in zip(small_timeline.daemon_clock(os.getpid()), before))
+    finally:
+        measured.set()
+        worker.join(30)
+    assert on_cpu >= 0.3 * 0.95  # schedstat and thread_time count the same nanoseconds
+    assert waiting >= 0
