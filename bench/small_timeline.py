@@ -16,7 +16,10 @@ request, carried on a kept connection to Squid):
     cpu        Atlantic only: the daemon's CPU time per request (all its threads, from
                /proc/PID/task/*/schedstat over the timed requests, divided by their number:
                accept to close, plus what runs in the background meanwhile)
-    waiting    Atlantic only: the same for the daemon's time runnable but waiting for a CPU
+    background Atlantic only: of that, what the daemon spends with no request at all (its
+               CPU over ``IDLE_S`` before the requests, at the same rate for as long as they
+               took, per request: health probes, timers)
+    waiting    Atlantic only: the daemon's time runnable but waiting for a CPU, per request
 
 Medians over ``--count`` requests, for each ``--repeat``; prints a table and writes
 bench/results/small-timeline-<date>.json. Run as root (the lab)::
@@ -54,6 +57,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PEERS = ("ideal", "atlantic-h1")
 LISTEN_TIMEOUT_S = 10.0
 SETTLE_S = 0.5  # after "listening on", and before stopping tcpdump (it writes what it holds)
+IDLE_S = 5.0  # the daemon's own CPU with no request, measured before the timed ones
 
 
 def capture(env, fn, pcap: Path):
@@ -167,13 +171,20 @@ def cpus_awake(on: bool):
             proc.wait(10)
 
 
-def timed(pid: int, env, count: int) -> tuple[dict, tuple[float, float]]:
-    """``count`` small requests through the daemon ``pid``; their times, and the daemon's
-    CPU time and wait for a CPU over them (seconds)."""
+def timed(pid: int, env, count: int) -> tuple[dict, dict]:
+    """``count`` small requests through the daemon ``pid``: their times, and per request
+    (ms) the daemon's CPU, the part of it that is background (its idle rate over ``IDLE_S``
+    first) and its wait for a CPU."""
+    idle0 = daemon_clock(pid)
+    time.sleep(IDLE_S)
     before = daemon_clock(pid)
+    t0 = time.monotonic()
     out = w.small_requests(env, "plain", count)
+    took = time.monotonic() - t0
     after = daemon_clock(pid)
-    return out, (after[0] - before[0], after[1] - before[1])
+    per = 1000 / count
+    return out, {"cpu_ms": (after[0] - before[0]) * per, "waiting_ms": (after[1] - before[1]) * per,
+                 "background_ms": (before[0] - idle0[0]) / IDLE_S * took * per}
 
 
 def run(args) -> dict:
@@ -195,11 +206,10 @@ def run(args) -> dict:
                                 out, used = capture(env, lambda: timed(r.pid, env, args.count), pcap)
                     row = {"peer": peer.name, "repeat": rep, "awake": awake,
                            **split(out["times"], moments(pcap, env.squid_port, peer.kind != "ideal"))}
-                    if used is not None:
-                        row["cpu_ms"], row["waiting_ms"] = (x * 1000 / len(out["times"]) for x in used)
+                    row.update(used or {})
                     rows.append(row)
-                    parts = "".join(f"  {k[:-3]} {row[k]:.2f}" for k in ("in_ms", "out_ms", "cpu_ms", "waiting_ms")
-                                    if k in row)
+                    shown = ("in_ms", "out_ms", "cpu_ms", "background_ms", "waiting_ms")
+                    parts = "".join(f"  {k[:-3]} {row[k]:.2f}" for k in shown if k in row)
                     print(f"rep {rep} {peer.name:12}{' awake' if awake else ''} client {row['client_ms']:.2f}  "
                           f"network {row['network_ms']:.2f}  local {row['local_ms']:.2f}{parts}  (n {row['n']})",
                           file=sys.stderr, flush=True)
@@ -210,11 +220,11 @@ def run(args) -> dict:
 def table(result: dict) -> str:
     lines = [f"Small requests at RTT {result['meta']['rtt_ms']:g} ms, medians (ms) per repeat"
              + (" (awake: a nice-19 busy loop per CPU, so no CPU halts)" if result["meta"].get("awake") else ""),
-             "", "| peer | repeat | client | network | local | in | out | daemon CPU per request | waiting for a CPU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "", "| peer | repeat | client | network | local | in | out | daemon CPU per request | of it background "
+             "| waiting for a CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        cells = [f"{r[k]:.2f}" if k in r else "-"
-                 for k in ("client_ms", "network_ms", "local_ms", "in_ms", "out_ms", "cpu_ms", "waiting_ms")]
+        cells = [f"{r[k]:.2f}" if k in r else "-" for k in ("client_ms", "network_ms", "local_ms", "in_ms", "out_ms",
+                                                           "cpu_ms", "background_ms", "waiting_ms")]
         lines.append(f"| {r['peer']}{' awake' if r.get('awake') else ''} | {r['repeat']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -96,10 +96,10 @@ def test_the_table_marks_the_awake_rows():
          "in_ms": 0.53, "out_ms": 0.55},
         {"peer": "atlantic h1", "repeat": 1, "awake": True, "client_ms": 83.1, "network_ms": 81.3, "local_ms": 1.6,
          "in_ms": 0.32, "out_ms": 0.50}]}
-    result["rows"][0].update(cpu_ms=0.95, waiting_ms=0.04)
+    result["rows"][0].update(cpu_ms=0.95, background_ms=0.1, waiting_ms=0.04)
     text = small_timeline.table(result)
-    assert "| atlantic h1 | 1 | 83.20 | 81.80 | 1.40 | 0.53 | 0.55 | 0.95 | 0.04 |" in text
-    assert "| atlantic h1 awake | 1 | 83.10 | 81.30 | 1.60 | 0.32 | 0.50 | - | - |" in text
+    assert "| atlantic h1 | 1 | 83.20 | 81.80 | 1.40 | 0.53 | 0.55 | 0.95 | 0.10 | 0.04 |" in text
+    assert "| atlantic h1 awake | 1 | 83.10 | 81.30 | 1.60 | 0.32 | 0.50 | - | - | - |" in text
     assert "no CPU halts" in text.splitlines()[0]
 
 
