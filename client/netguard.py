@@ -1,9 +1,12 @@
 """Keeping the machine sealed and the pool fresh while the network changes under it.
 
 Three inputs: a network change from :class:`~atlantic.system.netwatch.NetWatch` (a new
-address, default route or uplink, a link bounce, a resume from suspend), and a check
-every ``CHECK_S`` seconds, because some removals make no netlink noise at all (``nft flush
-ruleset``, ``systemctl reload nftables``). What it does:
+address, default route or uplink, a link bounce, a resume from suspend), a notification
+from :class:`~atlantic.system.tamperwatch.TamperWatch` that rules, routes or nftables
+changed (``ip rule flush``, ``nft flush ruleset``, ``systemctl reload nftables``: checked
+``SETTLE_S`` later), and a check every ``SAFETY_CHECK_S`` seconds for whatever a
+notification could miss (every ``CHECK_S`` seconds when notifications cannot be had).
+What it does:
 
 - a major change: the pools drop their idle and warm connections (they belong to the old
   path; a flow under way finishes or fails on its own), the leak probe runs again, and the
@@ -27,24 +30,31 @@ from collections.abc import Callable
 from atlantic.client.repin import Repin
 from atlantic.system import killswitch, redirect, routing
 from atlantic.system.netchange import Change
+from atlantic.system.tamperwatch import TamperWatch
 from atlantic.system.uncovered import uncovered
 
 MAX_LISTED = 8  # routes named in the log line; status lists them all
 log = logging.getLogger("atlantic")
 
-CHECK_S = 5.0
+CHECK_S = 5.0  # the poll without notifications
+SAFETY_CHECK_S = 60.0  # the poll with them
+SETTLE_S = 0.1  # after a notification, for the rest of its burst (one nft -f sends several)
 
 
 class NetGuard:
     """Reacts to network changes and restores what others removed."""
 
     def __init__(self, *, plan: routing.RoutingPlan, killswitch_config: killswitch.KillSwitchConfig | None,
-                 redirect_config: redirect.RedirectConfig | None = None, drain: Callable[[], None], recheck_leaks: Callable[[], None], check_every: float = CHECK_S,
-                 lan: tuple[str, ...] = (), tun: str = "") -> None:
+                 redirect_config: redirect.RedirectConfig | None = None, drain: Callable[[], None],
+                 recheck_leaks: Callable[[], None], check_every: float = CHECK_S,
+                 safety_every: float = SAFETY_CHECK_S, lan: tuple[str, ...] = (), tun: str = "") -> None:
         self.plan, self.ks, self.lan, self.tun = plan, killswitch_config, lan, tun
         self.redirect = redirect_config
         self.blocked_routes: list[str] = []
         self.drain, self.recheck_leaks, self.check_every = drain, recheck_leaks, check_every
+        self.safety_every = safety_every
+        self.checks = 0
+        self.watch: TamperWatch | None = None  # while run() is watching for notifications
         self.changes = 0
         self.major_changes = 0
         self.repairs = 0
@@ -87,10 +97,19 @@ class NetGuard:
         self.ks = cfg
 
     async def run(self) -> None:
-        """Until cancelled: check (and repair) after each change and every ``check_every`` s."""
+        """Until cancelled: check (and repair) at once, after each change or notification,
+        and every ``safety_every`` s (``check_every`` s without notifications)."""
+        watch = TamperWatch(self._wake.set)
+        problem = watch.start()
+        if problem is not None:
+            log.warning("%s: what others remove is checked every %g s instead", problem, self.check_every)
+        else:
+            self.watch = watch
         try:
             await self._guard()
         finally:
+            watch.close()
+            self.watch = None
             if self._repinning is not None:
                 self._repinning.cancel()
 
@@ -98,13 +117,19 @@ class NetGuard:
         while True:
             self._wake.clear()
             lines = await asyncio.to_thread(self.repair)
+            self.checks += 1
             for line in lines:
                 log.warning("%s", line)
+            watch = self.watch
+            if watch is not None and watch.broken is not None:
+                log.warning("%s: what others remove is checked every %g s instead", watch.broken, self.check_every)
+                self.watch = watch = None
             try:
-                async with asyncio.timeout(self.check_every):
+                async with asyncio.timeout(self.check_every if watch is None else self.safety_every):
                     await self._wake.wait()
             except TimeoutError:
-                pass
+                continue
+            await asyncio.sleep(SETTLE_S)
 
     def repair(self) -> list[str]:
         """Put back what is missing (in a worker thread); one warning line per repair or
@@ -142,6 +167,7 @@ class NetGuard:
     def status(self) -> dict:
         """The ``network`` part of status."""
         report = {"changes": self.changes, "major_changes": self.major_changes, "repairs": self.repairs,
+                  "checks": self.checks, "notified": self.watch is not None,
                   "last_change": self.last_change, "blocked_routes": list(self.blocked_routes)}
         if self.repin is not None:
             report["proxy_addresses"] = self.repin.status()
