@@ -4,7 +4,7 @@ Three inputs: a network change from :class:`~atlantic.system.netwatch.NetWatch` 
 address, default route or uplink, a link bounce, a resume from suspend), a notification
 from :class:`~atlantic.system.tamperwatch.TamperWatch` that rules, routes or nftables
 changed (``ip rule flush``, ``nft flush ruleset``, ``systemctl reload nftables``: checked
-``SETTLE_S`` later), and a check every ``SAFETY_CHECK_S`` seconds for whatever a
+``SETTLE_S`` later, at most once per ``MIN_GAP_S``), and a check every ``SAFETY_CHECK_S`` seconds for whatever a
 notification could miss (every ``CHECK_S`` seconds when notifications cannot be had).
 What it does:
 
@@ -39,6 +39,7 @@ log = logging.getLogger("atlantic")
 CHECK_S = 5.0  # the poll without notifications
 SAFETY_CHECK_S = 60.0  # the poll with them
 SETTLE_S = 0.1  # after a notification, for the rest of its burst (one nft -f sends several)
+MIN_GAP_S = 1.0  # between two checks: a storm of notifications costs at most one check a second
 
 
 class NetGuard:
@@ -114,8 +115,10 @@ class NetGuard:
                 self._repinning.cancel()
 
     async def _guard(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
+            checked_at = loop.time()
             lines = await asyncio.to_thread(self.repair)
             self.checks += 1
             for line in lines:
@@ -129,7 +132,7 @@ class NetGuard:
                     await self._wake.wait()
             except TimeoutError:
                 continue
-            await asyncio.sleep(SETTLE_S)
+            await asyncio.sleep(max(SETTLE_S, checked_at + MIN_GAP_S - loop.time()))
 
     def repair(self) -> list[str]:
         """Put back what is missing (in a worker thread); one warning line per repair or

@@ -156,3 +156,30 @@ def test_without_notifications_the_guard_polls_at_its_short_pace(monkeypatch, ca
     assert status["notified"] is False
     said = [r.getMessage() for r in caplog.records if "netlink notifications" in r.getMessage()]
     assert len(said) == 1 and f"every {netguard.CHECK_S:g} s" not in said[0] and "every 0.05 s" in said[0]
+
+
+def test_a_storm_of_notifications_costs_at_most_one_check_a_second(monkeypatch):
+    """Notifications 20 times a second for 1.5 s: the first is checked at once, the rest
+    wait for the gap, so at most one check a second follows the first."""
+    monkeypatch.setattr(TamperWatch, "start", lambda self: None)  # watching, as far as the guard knows
+    guard = NetGuard(plan=routing.plan_routing("atl0", TABLE, MARK, PRIO, ipv6="captured", capture_dns=True),
+                     killswitch_config=None, drain=lambda: None, recheck_leaks=lambda: None,
+                     check_every=HOUR, safety_every=HOUR)
+    monkeypatch.setattr(guard, "repair", lambda: [])
+
+    async def scenario() -> tuple[int, float]:
+        task = asyncio.create_task(guard.run())
+        try:
+            await until(lambda: guard.checks >= 1, "the first check")
+            t0 = time.monotonic()
+            for _ in range(30):
+                guard._wake.set()
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+            return guard.checks, time.monotonic() - t0
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    checks, elapsed = asyncio.run(scenario())
+    assert 2 <= checks <= 2 + int(elapsed / netguard.MIN_GAP_S)
