@@ -6,6 +6,7 @@ put back within seconds. Without notifications the guard polls at its short pace
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import subprocess
@@ -35,6 +36,17 @@ async def until(predicate, what: str, limit: float = WAIT_S) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {limit:g} s: {what}")
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def guarding(guard: NetGuard):
+    """``guard.run()`` as a task for the block, cancelled and awaited after it."""
+    task = asyncio.create_task(guard.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 @pytest.mark.lab_local
@@ -109,8 +121,7 @@ def test_the_guard_puts_back_what_a_flush_removed_on_the_notification_alone(capl
                              recheck_leaks=lambda: None, check_every=HOUR, safety_every=HOUR)
 
             async def scenario() -> dict:
-                task = asyncio.create_task(guard.run())
-                try:
+                async with guarding(guard):
                     await until(lambda: guard.checks >= 1, "the first check")
                     assert guard.status()["notified"] is True
                     await asyncio.to_thread(run, "nft", "flush", "ruleset")
@@ -118,9 +129,6 @@ def test_the_guard_puts_back_what_a_flush_removed_on_the_notification_alone(capl
                     await asyncio.to_thread(run, "ip", "rule", "del", "priority", str(PRIO))
                     await until(lambda: routing.missing(plan) == [], "the rule back")
                     return guard.status()
-                finally:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
 
             with caplog.at_level(logging.WARNING, logger="atlantic"):
                 status = asyncio.run(scenario())
@@ -143,13 +151,9 @@ def test_without_notifications_the_guard_polls_at_its_short_pace(monkeypatch, ca
     monkeypatch.setattr(guard, "repair", lambda: [])
 
     async def scenario() -> dict:
-        task = asyncio.create_task(guard.run())
-        try:
+        async with guarding(guard):
             await until(lambda: guard.checks >= 3, "three checks")
             return guard.status()
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     with caplog.at_level(logging.WARNING, logger="atlantic"):
         status = asyncio.run(scenario())
@@ -168,8 +172,7 @@ def test_a_storm_of_notifications_costs_at_most_one_check_a_second(monkeypatch):
     monkeypatch.setattr(guard, "repair", lambda: [])
 
     async def scenario() -> tuple[int, float]:
-        task = asyncio.create_task(guard.run())
-        try:
+        async with guarding(guard):
             await until(lambda: guard.checks >= 1, "the first check")
             t0 = time.monotonic()
             for _ in range(30):
@@ -177,9 +180,6 @@ def test_a_storm_of_notifications_costs_at_most_one_check_a_second(monkeypatch):
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.2)
             return guard.checks, time.monotonic() - t0
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     checks, elapsed = asyncio.run(scenario())
     assert 2 <= checks <= 2 + int(elapsed / netguard.MIN_GAP_S)
