@@ -4,9 +4,9 @@ Three inputs: a network change from :class:`~atlantic.system.netwatch.NetWatch` 
 address, default route or uplink, a link bounce, a resume from suspend), a notification
 from :class:`~atlantic.system.tamperwatch.TamperWatch` that rules, routes or nftables
 changed (``ip rule flush``, ``nft flush ruleset``, ``systemctl reload nftables``: checked
-``SETTLE_S`` later, at most once per ``MIN_GAP_S``), and a check every ``SAFETY_CHECK_S`` seconds for whatever a
-notification could miss (every ``CHECK_S`` seconds when notifications cannot be had).
-What it does:
+``SETTLE_S`` later, at most once per ``MIN_GAP_S``), and a check every ``SAFETY_CHECK_S``
+seconds for whatever a notification could miss (every ``CHECK_S`` seconds when
+notifications cannot be had). What it does:
 
 - a major change: the pools drop their idle and warm connections (they belong to the old
   path; a flow under way finishes or fails on its own), the leak probe runs again, and the
