@@ -101,11 +101,10 @@ class NetGuard:
         """Until cancelled: check (and repair) at once, after each change or notification,
         and every ``safety_every`` s (``check_every`` s without notifications)."""
         watch = TamperWatch(self._wake.set)
+        self.watch = watch
         problem = watch.start()
         if problem is not None:
-            log.warning("%s: what others remove is checked every %g s instead", problem, self.check_every)
-        else:
-            self.watch = watch
+            self._poll_instead(problem)
         try:
             await self._guard()
         finally:
@@ -123,16 +122,19 @@ class NetGuard:
             self.checks += 1
             for line in lines:
                 log.warning("%s", line)
-            watch = self.watch
-            if watch is not None and watch.broken is not None:
-                log.warning("%s: what others remove is checked every %g s instead", watch.broken, self.check_every)
-                self.watch = watch = None
+            if self.watch is not None and self.watch.broken is not None:
+                self._poll_instead(self.watch.broken)
             try:
-                async with asyncio.timeout(self.check_every if watch is None else self.safety_every):
+                async with asyncio.timeout(self.check_every if self.watch is None else self.safety_every):
                     await self._wake.wait()
             except TimeoutError:
                 continue
             await asyncio.sleep(max(SETTLE_S, checked_at + MIN_GAP_S - loop.time()))
+
+    def _poll_instead(self, why: str) -> None:
+        """No notifications (``why``): back to checking every ``check_every`` s."""
+        log.warning("%s: what others remove is checked every %g s instead", why, self.check_every)
+        self.watch = None
 
     def repair(self) -> list[str]:
         """Put back what is missing (in a worker thread); one warning line per repair or

@@ -48,7 +48,6 @@ class TamperWatch:
 
     def __init__(self, on_change: Callable[[], None]) -> None:
         self.on_change = on_change
-        self.notifications = 0  # batches read (for status and tests)
         self.broken: str | None = None  # why the watch ended, if a socket failed
         self._socks: list[socket.socket] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,5 +90,4 @@ class TamperWatch:
                     self.broken = f"netlink notifications failed ({exc.strerror or exc})"
                     self.close()
                     break
-        self.notifications += 1
         self.on_change()
